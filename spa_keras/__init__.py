@@ -1,0 +1,18 @@
+"""spa_keras: structured pruning for Keras 3 that removes channels for real.
+
+>>> import keras, spa_keras as spa
+>>> model = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3))
+>>> slim = spa.prune(model, ratio=0.5, criterion="l2")
+"""
+
+from .api import Inspection, apply, inspect, plan, prune
+from .errors import InvalidArgumentError, PruningError, RebuildError, UnsupportedModelError
+from .plan import PruningPlan
+from .report import Report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "prune", "plan", "apply", "inspect", "Inspection", "PruningPlan", "Report",
+    "PruningError", "InvalidArgumentError", "RebuildError", "UnsupportedModelError",
+]

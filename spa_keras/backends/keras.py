@@ -1,0 +1,184 @@
+"""Write a plan out as a new, physically slimmer Keras model.
+
+Every layer is re-created from its config, edited for its new widths by the frontend registry's
+``resize`` (filters, units, a Reshape's hard-coded target shape, ...); the graph is replayed on new
+inputs, nested models rebuilt with their new input widths and shared layers kept shared; then every
+weight is copied with the removed channels sliced out. The input model is only read.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+
+from ..errors import RebuildError
+from ..frontends.keras import (
+    KerasGraph,
+    fill_in,
+    functional_of,
+    is_model,
+    pack_inputs,
+    pack_outputs,
+    topological_nodes,
+)
+from ..graph import BIAS, WEIGHT
+from ..plan import PruningPlan
+
+
+def _new_input(x, width: int | None):
+    shape = list(x.shape)
+    if width is not None and len(shape) >= 2 and shape[-1] is not None:
+        shape[-1] = int(width)
+    return keras.Input(batch_shape=tuple(shape), dtype=x.dtype, name=x.name.split(":")[0])
+
+
+class _Rebuilder:
+    def __init__(self, kg: KerasGraph, plan: PruningPlan):
+        self.kg = kg
+        self.plan = plan
+        self.new_ops: dict = {}  # id(old layer or model) -> new
+        self.pairs: list = []  # (old layer, new layer)
+
+    # ---- layers ----------------------------------------------------------------------------------
+    def layer(self, layer):
+        if id(layer) in self.new_ops:
+            return self.new_ops[id(layer)]
+        if is_model(layer):
+            new = self.model(layer, self.kg.model_inputs.get(id(layer)))
+        else:
+            node = self.kg.layer_nodes.get(id(layer))
+            cfg = layer.get_config()
+            spec = self.kg.specs[node.name] if node is not None else None
+            if spec is not None and spec.resize is not None:
+                tensors = lambda ref: (node.inputs if ref.side == "in" else node.outputs)[ref.index]  # noqa: E731
+                spec.resize(cfg, lambda ref: self.plan.width(tensors(ref)))
+            try:
+                new = layer.__class__.from_config(cfg)
+            except Exception as e:  # noqa: BLE001 - any failure here is the layer's own
+                raise RebuildError(
+                    f"layer {layer.name!r} ({type(layer).__name__}) could not be re-created from its "
+                    f"config: {e}. Give the class a get_config/from_config that round-trips, or keep it "
+                    "out of the pruned path with ignored_layers"
+                ) from e
+            self.pairs.append((layer, new))
+        self.new_ops[id(layer)] = new
+        return new
+
+    # ---- models ----------------------------------------------------------------------------------
+    def model(self, model, input_ids):
+        fmodel = functional_of(model)
+        widths = [self.plan.width(t) for t in input_ids] if input_ids else [None] * len(fmodel.inputs)
+        inputs = [_new_input(x, w) for x, w in zip(fmodel.inputs, widths)]
+        if isinstance(model, keras.Sequential):
+            layers = [self.layer(layer) for layer in model.layers]
+            return keras.Sequential([inputs[0]] + layers, name=model.name)
+        outputs = self.replay(fmodel, inputs)
+        return keras.Model(pack_inputs(fmodel, inputs), pack_outputs(fmodel, outputs), name=model.name)
+
+    def replay(self, fmodel, inputs):
+        tmap = {id(x): y for x, y in zip(fmodel.inputs, inputs)}
+        for knode in topological_nodes(fmodel):
+            op = knode.operation
+            new_op = self.layer(op) if isinstance(op, keras.layers.Layer) else op
+            args, kwargs = fill_in(knode, tmap)
+            try:
+                out = new_op(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                raise RebuildError(
+                    f"rebuilding {op.name!r} ({type(op).__name__}) with its new widths failed: {e}"
+                ) from e
+            for x, y in zip(knode.outputs, keras.tree.flatten(out)):
+                tmap[id(x)] = y
+        return [tmap[id(t)] for t in fmodel.outputs]
+
+    # ---- weights ---------------------------------------------------------------------------------
+    def copy_weights(self, transform=None):
+        """Copy every weight into the new layers, sliced to the plan. ``transform(node, param, value)``
+        may edit a value first (the zero-channel oracle uses it)."""
+        for old, new in self.pairs:
+            node = self.kg.layer_nodes.get(id(old))
+            params = {p.key: p for p in node.params} if node is not None else {}
+            values = []
+            for v_old, v_new in zip(old.weights, new.weights):
+                value = keras.ops.convert_to_numpy(v_old)
+                p = params.get(id(v_old))
+                if p is not None:
+                    if transform is not None:
+                        value = transform(node, p, value)
+                    for axis, idx in self.plan.keep_indices(node, p).items():
+                        value = np.take(value, idx, axis=axis)
+                if tuple(value.shape) != tuple(v_new.shape):
+                    raise RebuildError(
+                        f"layer {old.name!r} ({type(old).__name__}): weight {v_old.name} sliced to "
+                        f"{value.shape} but the rebuilt layer expects {tuple(v_new.shape)}"
+                    )
+                values.append(value)
+            if len(old.weights) != len(new.weights):
+                raise RebuildError(f"layer {old.name!r}: the rebuilt layer has a different number of weights")
+            if values:
+                new.set_weights(values)
+
+
+def apply_plan(kg: KerasGraph, plan: PruningPlan, transform=None) -> keras.Model:
+    """A new Keras model with the plan's channels removed (the input model is not changed).
+
+    >>> # slim = apply_plan(from_keras(model), spa.plan(model, ratio=0.5))
+    """
+    rb = _Rebuilder(kg, plan)
+    model = kg.model
+    if isinstance(model, keras.Sequential):
+        new = rb.model(model, None)
+    else:
+        new = rb.model(model, kg.graph.inputs)
+    rb.copy_weights(transform)
+    if getattr(model, "compiled", False):
+        try:
+            new.compile_from_config(model.get_compile_config())
+        except Exception as e:  # noqa: BLE001 - the slim model is still valid uncompiled
+            warnings.warn(f"the slim model could not be compiled like the original ({e}); compile it again")
+    return new
+
+
+def zeroed_copy(kg: KerasGraph, plan: PruningPlan) -> keras.Model:
+    """The zero-channel oracle: a full-width copy of the model with every removed channel zeroed at the
+    parameters that write it (kernel output slices, biases, BN gamma/beta/mean). On a zero-preserving
+    path its outputs equal the pruned model's."""
+    removed = plan._element_removed
+
+    def zero(node, p, value):
+        if p.role not in (WEIGHT, BIAS):
+            return value
+        value = np.array(value, copy=True)
+        for axis, ref in p.axes.items():
+            if ref.side == "out":
+                mask = removed[kg_analysis.axis_elements(node, p, axis)]
+                index = [slice(None)] * value.ndim
+                index[axis] = mask
+                value[tuple(index)] = 0
+        return value
+
+    kg_analysis = plan.analysis
+    full = PruningPlan(plan.analysis, np.zeros_like(plan.removed_classes))
+    return apply_plan(kg, full, transform=zero)
+
+
+def verify(kg: KerasGraph, plan: PruningPlan, slim, inputs, rtol: float = 1e-3) -> dict:
+    """Check a pruned model against the zero-channel oracle on ``inputs``.
+
+    Returns ``{"passed", "max_abs_diff", "scale"}``: ``passed`` when every output of ``slim`` equals the
+    zeroed full-width copy's to ``rtol`` of the output's magnitude. Meaningful on zero-preserving paths
+    (ReLU, swish, GELU, pooling, add, concat, multiply).
+    """
+    oracle = zeroed_copy(kg, plan)
+    want = keras.tree.flatten(oracle(inputs, training=False))
+    got = keras.tree.flatten(slim(inputs, training=False))
+    diff, scale = 0.0, 0.0
+    for a, b in zip(want, got):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a.shape != b.shape:
+            return {"passed": False, "max_abs_diff": float("inf"), "scale": float("nan")}
+        diff = max(diff, float(np.max(np.abs(a - b))) if a.size else 0.0)
+        scale = max(scale, float(np.max(np.abs(a))) if a.size else 0.0)
+    return {"passed": bool(diff <= rtol * max(scale, 1e-6)), "max_abs_diff": diff, "scale": scale}

@@ -1,0 +1,147 @@
+"""The catalogue of op kinds and each kind's channel rule.
+
+A tensor's channels are described by a *layout*: an integer array with one *element id* per channel.
+A producer (a conv, a dense layer) creates fresh ids; every other op says how its outputs' ids follow
+from its inputs' ids and which ids must be removed together (``union``). Element id 0 is the FIXED
+element: whatever is united with it can never be pruned. Two channels whose ids end up united form one
+prunable unit; removing it removes every channel, kernel slice and statistic that carries one of its ids.
+
+Each rule takes the node, its input layouts and a :class:`Context`, and returns the output layouts.
+Adding a kind of coupling means adding one function to :data:`RULES`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FIXED = 0
+
+
+class Context:
+    """What a rule may do: create fresh channels, unite channels, hold channels fixed."""
+
+    def __init__(self):
+        self.next_id = 1
+        self.space_starts = [0]  # space 0 is the FIXED element alone
+        self.space_nodes = ["<fixed>"]
+        self._a: list = []
+        self._b: list = []
+
+    def fresh(self, n: int, node_name: str) -> np.ndarray:
+        ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+        self.space_starts.append(self.next_id)
+        self.space_nodes.append(node_name)
+        self.next_id += n
+        return ids
+
+    def union(self, a, b) -> None:
+        a = np.asarray(a, dtype=np.int64)
+        b = np.asarray(b, dtype=np.int64)
+        if a.size:
+            a, b = np.broadcast_arrays(a, b)
+            self._a.append(a.ravel())
+            self._b.append(b.ravel())
+
+    def fix(self, layout) -> None:
+        self.union(layout, FIXED)
+
+    def edges(self):
+        if not self._a:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(self._a), np.concatenate(self._b)
+
+
+def fixed_layout(n: int) -> np.ndarray:
+    return np.zeros(int(n), dtype=np.int64)
+
+
+def _outs_like(node, graph, fill):
+    return [fill(graph.tensors[t].channels) for t in node.outputs]
+
+
+def rule_input(node, ins, ctx, graph):
+    return _outs_like(node, graph, fixed_layout)
+
+
+def rule_fixed(node, ins, ctx, graph):
+    """Held fixed: its inputs keep every channel and its outputs are not prunable."""
+    for lay in ins:
+        ctx.fix(lay)
+    return _outs_like(node, graph, fixed_layout)
+
+
+def rule_linear(node, ins, ctx, graph):
+    """A producer: fresh output channels. With ``groups`` > 1, entry ``j`` of every input block and of
+    every output block is one unit, so that all groups keep the same width."""
+    out_t = graph.tensors[node.outputs[0]]
+    out = ctx.fresh(out_t.channels, node.name)
+    g = int(node.attrs.get("groups", 1))
+    if g > 1:
+        for lay in (ins[0], out):
+            blocks = lay.reshape(g, -1)
+            ctx.union(blocks[1:], blocks[0][None, :])
+    rest = _outs_like(node, graph, fixed_layout)[1:]
+    return [out] + rest
+
+
+def rule_depthwise(node, ins, ctx, graph):
+    """Depthwise: output channel ``c*m + j`` comes from input channel ``c`` (``m`` = multiplier)."""
+    m = int(node.attrs.get("multiplier", 1))
+    return [np.repeat(ins[0], m)]
+
+
+def rule_identity(node, ins, ctx, graph):
+    """Channel-wise ops (activations, BN, pooling, padding, dropout, a reshape that keeps the channel
+    axis): every output carries the input's channels."""
+    lay = ins[0]
+    outs = []
+    for t in node.outputs:
+        if graph.tensors[t].channels == len(lay):
+            outs.append(lay)
+        else:
+            ctx.fix(lay)
+            outs.append(fixed_layout(graph.tensors[t].channels))
+    return outs
+
+
+def rule_merge(node, ins, ctx, graph):
+    """Element-wise ops of several inputs (add, multiply, ...): the same channel of every input is one
+    unit. An input broadcast along channels (width 1) does not take part."""
+    n = graph.tensors[node.outputs[0]].channels
+    full = [lay for lay in ins if len(lay) == n]
+    if not full or any(len(lay) not in (1, n) for lay in ins):
+        return rule_fixed(node, ins, ctx, graph)
+    for lay in full[1:]:
+        ctx.union(full[0], lay)
+    return [full[0]]
+
+
+def rule_concat(node, ins, ctx, graph):
+    """Concatenation along channels: the output is the inputs' layouts one after another, so removing
+    channel ``c`` of input ``k`` removes channel ``offset_k + c`` of the output."""
+    out = np.concatenate(ins) if ins else fixed_layout(0)
+    if len(out) != graph.tensors[node.outputs[0]].channels:
+        return rule_fixed(node, ins, ctx, graph)
+    return [out]
+
+
+def rule_flatten(node, ins, ctx, graph):
+    """Flatten of a channels-last tensor: feature ``p*C + c`` is channel ``c`` at position ``p``, so the
+    layout repeats once per position (the ``H*W`` blocks that a following dense layer reads)."""
+    lay = ins[0]
+    n = graph.tensors[node.outputs[0]].channels
+    if len(lay) == 0 or n % len(lay):
+        return rule_fixed(node, ins, ctx, graph)
+    return [np.tile(lay, n // len(lay))]
+
+
+RULES = {
+    "input": rule_input,
+    "fixed": rule_fixed,
+    "linear": rule_linear,
+    "depthwise": rule_depthwise,
+    "identity": rule_identity,
+    "merge": rule_merge,
+    "concat": rule_concat,
+    "flatten": rule_flatten,
+}

@@ -1,0 +1,57 @@
+"""Helpers for tests and benchmarks: the keras.applications zoo and random inputs."""
+
+from __future__ import annotations
+
+import inspect as _inspect
+
+import numpy as np
+
+# Input sizes below a constructor's default that still build (weights=None); None: the default.
+SMALL_SIZES = {"NASNetLarge": 96, "NASNetMobile": 96, "InceptionV3": 96, "InceptionResNetV2": 96, "Xception": 96}
+
+
+def zoo_names() -> list:
+    """Every model constructor in ``keras.applications``."""
+    import keras
+
+    return sorted(
+        n for n in dir(keras.applications)
+        if n[0].isupper() and _inspect.isfunction(getattr(keras.applications, n))
+    )
+
+
+def build_zoo_model(name: str, size: int = 64):
+    """``keras.applications.<name>`` with ``weights=None``, logits out, at ``size`` (or the smallest
+    size the architecture accepts, when that is larger)."""
+    import keras
+
+    size = max(size, SMALL_SIZES.get(name, 32))
+    fn = getattr(keras.applications, name)
+    kwargs = dict(weights=None, input_shape=(size, size, 3))
+    if "classifier_activation" in _inspect.signature(fn).parameters:
+        kwargs["classifier_activation"] = None
+    return fn(**kwargs)
+
+
+def random_inputs(model, batch_size: int = 2, seed: int = 0):
+    """Standard-normal inputs (integers in ``[0, 10)`` for integer inputs) shaped for ``model``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for x in model.inputs:
+        shape = (batch_size,) + tuple(int(d or 8) for d in x.shape[1:])
+        if "int" in str(x.dtype):
+            out.append(rng.integers(0, 10, size=shape).astype(str(x.dtype)))
+        else:
+            out.append(rng.standard_normal(shape).astype("float32"))
+    return out[0] if len(out) == 1 else out
+
+
+def weights_hash(model) -> str:
+    """A hash of every weight of ``model`` (to prove it was not changed)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in model.weights:
+        h.update(w.path.encode())
+        h.update(np.ascontiguousarray(np.asarray(w.numpy())).tobytes())
+    return h.hexdigest()
