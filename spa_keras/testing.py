@@ -55,3 +55,18 @@ def weights_hash(model) -> str:
         h.update(w.path.encode())
         h.update(np.ascontiguousarray(np.asarray(w.numpy())).tobytes())
     return h.hexdigest()
+
+
+def perturb_statistics(model, seed: int = 0):
+    """Give every normalisation layer, bias and PReLU non-trivial values (in place), so that a
+    freshly built model exercises what an oracle must catch: slicing of gamma, beta, means, variances."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        name = w.name.split("/")[-1]
+        if name in ("gamma", "beta", "moving_mean", "alpha"):
+            w.assign(rng.uniform(0.2, 1.0, w.shape).astype(w.dtype))
+        elif name == "moving_variance":
+            w.assign(rng.uniform(0.5, 2.0, w.shape).astype(w.dtype))
+        elif name == "bias":
+            w.assign(rng.normal(0, 0.1, w.shape).astype(w.dtype))
+    return model
