@@ -1,0 +1,71 @@
+"""The spa-keras console script, run for real in a subprocess on real files."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def run(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "spa_keras", *args], capture_output=True, text=True, timeout=timeout, env=ENV
+    )
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("m") / "mnv2.keras")
+    keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10).save(path)
+    return path
+
+
+def test_demo_prints_the_before_after_table():
+    r = run("demo", "--model", "MobileNetV2", "--size", "64")
+    assert r.returncode == 0, r.stderr
+    assert "MACs" in r.stdout and "->" in r.stdout and "fewer" in r.stdout
+
+
+def test_inspect(model_file):
+    r = run("inspect", model_file)
+    assert r.returncode == 0, r.stderr
+    assert "prunable groups" in r.stdout and "MACs" in r.stdout
+
+
+def test_prune_writes_a_loadable_slim_model_and_refuses_to_overwrite(model_file, tmp_path):
+    out = str(tmp_path / "slim.keras")
+    r = run("prune", model_file, "-o", out, "--ratio", "0.5", "--round-to", "4")
+    assert r.returncode == 0, r.stderr
+    slim, orig = keras.saving.load_model(out), keras.saving.load_model(model_file)
+    assert slim.count_params() < orig.count_params()
+    x = np.zeros((1, 32, 32, 3), "float32")
+    assert slim(x).shape == orig(x).shape
+    again = run("prune", model_file, "-o", out)
+    assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
+    assert keras.saving.load_model(out).count_params() == slim.count_params()
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".spa-")], "no temporary file left"
+
+
+def test_bad_input_exits_2_with_a_message(tmp_path):
+    r = run("prune", str(tmp_path / "missing.keras"), "-o", str(tmp_path / "o.keras"))
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip file")
+    r = run("inspect", str(bad))
+    assert r.returncode == 2 and "bad.keras" in r.stderr
+    r = run("demo", "--model", "MobileNetV2", "--size", "32", "--ratio", "1.5")
+    assert r.returncode == 2 and "ratio" in r.stderr
+
+
+def test_example_runs_in_smoke_mode():
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(
+        [sys.executable, os.path.join(here, "examples", "prune_keras_application.py"), "--smoke"],
+        capture_output=True, text=True, timeout=300, env=ENV,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "saved and reloaded" in r.stdout
