@@ -6,6 +6,9 @@
 """
 
 from .api import Inspection, apply, inspect, plan, prune
+from .frontends.keras import Spec as LayerSpec
+from .frontends.keras import register_layer
+from .graph import AxisRef
 from .errors import InvalidArgumentError, PruningError, RebuildError, UnsupportedModelError
 from .plan import PruningPlan
 from .report import Report
@@ -13,6 +16,7 @@ from .report import Report
 __version__ = "0.1.0"
 
 __all__ = [
-    "prune", "plan", "apply", "inspect", "Inspection", "PruningPlan", "Report",
+    "prune", "plan", "apply", "inspect", "Inspection", "PruningPlan", "Report", "register_layer", "LayerSpec",
+    "AxisRef",
     "PruningError", "InvalidArgumentError", "RebuildError", "UnsupportedModelError",
 ]

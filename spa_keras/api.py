@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import fnmatch
+import math
+import warnings
+
+import numpy as np
 
 from . import criteria as _criteria
 from .backends.keras import apply_plan
@@ -11,6 +16,7 @@ from .frontends.keras import KerasGraph, from_keras
 from .graph import analyse
 from .metrics import count_macs, count_params
 from .plan import PruningPlan, select
+from .criteria import normalize
 from .report import Report
 
 
@@ -37,6 +43,111 @@ def _resolve_ignored(kg: KerasGraph, ignored_layers) -> set:
     return out
 
 
+def _resolve_ratio_per_layer(kg: KerasGraph, analysis, ratio_per_layer) -> dict:
+    """``{group id: ratio}`` from ``{layer name or fnmatch pattern: ratio}`` (first matching key wins)."""
+    if not ratio_per_layer:
+        return {}
+    layer_of = {n.name: n.layer for n in kg.graph.nodes}
+    out, used = {}, set()
+    for g in analysis.groups:
+        layers = [layer_of.get(name, name) for name in g.nodes]
+        for key, r in ratio_per_layer.items():
+            if any(fnmatch.fnmatchcase(layer, key) for layer in layers):
+                out[g.id] = r
+                used.add(key)
+                break
+    unknown = [k for k in ratio_per_layer if k not in used and not any(fnmatch.fnmatchcase(n.layer, k) for n in kg.graph.nodes)]
+    if unknown:
+        raise InvalidArgumentError(
+            f"ratio_per_layer names {unknown[0]!r}, which matches no layer of model {kg.model.name!r}"
+        )
+    return out
+
+
+def _target_value(name, value, base) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise InvalidArgumentError(f"{name} must be positive: a fraction of the model (0.5) or an absolute count")
+    target = v * base if v <= 1 else v
+    if target > base:
+        raise InvalidArgumentError(f"{name}={value!r} is more than the model has ({base:,})")
+    return target
+
+
+def _search(analysis, scores, measure, target, **options) -> PruningPlan:
+    """The plan that lands closest to ``target``: bisection on the ratio (the measure falls as the ratio
+    grows), then, where one ratio step moves many groups at once (a DenseNet's 32-channel groups), the
+    classes between the two bracketing plans are added one by one, least important first."""
+    lo, hi = 0.0, 0.999
+    above = below = best = None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        p = select(analysis, scores, ratio=mid, **options)
+        value = measure(p)
+        if best is None or abs(value - target) < abs(best[1] - target):
+            best = (p, value)
+        if abs(value - target) <= 1e-4 * target:
+            break
+        if value > target:
+            lo, above = mid, p
+        else:
+            hi, below = mid, p
+    if abs(best[1] - target) > 1e-3 * target and above is not None and below is not None and options.get("round_to", 1) == 1:
+        extra = np.nonzero(below.removed_classes & ~above.removed_classes)[0]
+        extra = extra[np.argsort(normalize(scores, analysis, "mean")[extra], kind="stable")]
+        k_lo, k_hi = 0, len(extra)
+        while k_lo < k_hi:
+            k = (k_lo + k_hi) // 2
+            removed = above.removed_classes.copy()
+            removed[extra[:k]] = True
+            p = PruningPlan(analysis, removed, above.settings)
+            value = measure(p)
+            if abs(value - target) < abs(best[1] - target):
+                best = (p, value)
+            k_lo, k_hi = (k + 1, k_hi) if value > target else (k_lo, k)
+    if abs(best[1] - target) > 0.01 * target and above is not None and options.get("round_to", 1) == 1:
+        best = _fill(analysis, scores, measure, target, above, best, options.get("max_ratio", 1.0))
+    p, value = best
+    if abs(value - target) > 0.01 * target:
+        warnings.warn(
+            f"the target ({target:,.0f}) could not be reached within 1%: the closest plan has {value:,.0f} "
+            "(the groups are too coarse, or max_ratio/ignored_layers hold too much)"
+        )
+    return p
+
+
+def _fill(analysis, scores, measure, target, above, best, max_ratio, tries: int = 400):
+    """Last resort when single units are coarse (an attention head): starting from the plan just above
+    the target, add the least important classes one at a time while the result stays above
+    ``target - 1%``, keeping every producer non-empty and every group within ``max_ratio``."""
+    removed = above.removed_classes.copy()
+    norm = normalize(scores, analysis, "mean")
+    candidates = np.nonzero(~removed & np.isfinite(norm))[0]
+    candidates = candidates[candidates != analysis.fixed_class]
+    candidates = candidates[np.argsort(norm[candidates], kind="stable")][:tries]
+    sizes = np.array([g.size for g in analysis.groups])
+    for c in candidates:
+        trial = removed.copy()
+        trial[c] = True
+        lost = np.bincount(analysis.space_of[trial[analysis.class_of]], minlength=len(analysis.space_sizes))
+        g = analysis.group_of_class[c]
+        if np.any(lost[1:] >= analysis.space_sizes[1:]) or trial[analysis.groups[g].classes].sum() > max_ratio * sizes[g]:
+            continue
+        p = PruningPlan(analysis, trial, above.settings)
+        value = measure(p)
+        if value < target * 0.99:
+            continue
+        removed = trial
+        if abs(value - target) < abs(best[1] - target):
+            best = (p, value)
+        if abs(value - target) <= 0.01 * target:
+            break
+    return best
+
+
 def plan(
     model,
     ratio: float = 0.5,
@@ -47,6 +158,12 @@ def plan(
     max_ratio: float = 1.0,
     group_reduction: str = "mean",
     normalization="mean",
+    ratio_per_layer: dict | None = None,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    data=None,
+    loss=None,
+    prune_layer_norm: bool = False,
 ) -> PruningPlan:
     """Decide which channels to remove, without changing anything.
 
@@ -54,24 +171,58 @@ def plan(
         model: a Functional or Sequential ``keras.Model`` (nested models and shared layers included).
         ratio: fraction of each group's channels to remove (``0 <= ratio < 1``); with
             ``global_pruning`` the fraction of all prunable channels, ranked across groups.
-        criterion: ``"l2"``, ``"l1"``, ``"random"`` or ``fn(analysis, weight, reduction=, normalization=)``.
+        criterion: a name from ``spa_keras.criteria.CRITERIA`` (``l2``, ``l1``, ``bn_scale``, ``lamp``,
+            ``fpgm``, ``random``, and with ``data``: ``taylor``, ``hessian``, ``snip``) or a callable.
         ignored_layers: layer names or layers whose output channels are all kept.
         round_to: kept widths are rounded up to a multiple of this.
-        max_ratio: no group loses more than this fraction.
+        max_ratio: no group loses more than this fraction (local and global).
         group_reduction: how the scores of a channel's slices combine: ``mean``, ``sum``, ``max``.
         normalization: per-group normalisation of scores before global ranking.
+        ratio_per_layer: ``{layer name or pattern: ratio}`` for the groups those layers produce.
+        target_macs / target_params: instead of ``ratio``, the MACs or parameters to reach, as a
+            fraction of the model's (``0.5``) or an absolute number; the ratio is searched so that the
+            result lands within 1% (``plan.settings["reached"]`` says where it landed).
+        data, loss: samples (array, ``(x, y)``, ``tf.data.Dataset``, generator) and an optional Keras
+            loss for the gradient criteria.
+        prune_layer_norm: prune the channels of LayerNorm-coupled streams too (a ViT's residual
+            stream); approximate, since LayerNorm's statistics change: fine-tune afterwards.
 
     >>> import keras, spa_keras as spa
     >>> m = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3))
-    >>> p = spa.plan(m, ratio=0.5)
-    >>> len(p.removed()) > 0
+    >>> p = spa.plan(m, target_macs=0.5)
+    >>> abs(p.settings["reached"] / p.settings["base"] - 0.5) < 0.01
     True
     """
-    kg = model if isinstance(model, KerasGraph) else from_keras(model)
+    if isinstance(model, KerasGraph) and model.options.get("prune_layer_norm", False) != prune_layer_norm:
+        model = model.model  # read again with the other option
+    kg = model if isinstance(model, KerasGraph) else from_keras(model, prune_layer_norm=prune_layer_norm)
     analysis = analyse(kg.graph, fixed_nodes=_resolve_ignored(kg, ignored_layers))
     score_fn = _criteria.get(criterion)
-    scores = score_fn(analysis, kg.weight, reduction=group_reduction, normalization=normalization)
-    result = select(analysis, scores, ratio, global_pruning, max_ratio, round_to)
+    context = {}
+    need = set(getattr(score_fn, "needs", ()))
+    if need:
+        if data is None:
+            raise InvalidArgumentError(f"criterion {criterion!r} needs data: pass data=... to spa.plan/prune")
+        context["gradient"], context["fisher"] = kg.gradient_stats(data, loss)
+    scores = score_fn(analysis, kg.weight, reduction=group_reduction, normalization=normalization, **context)
+    options = dict(
+        global_pruning=global_pruning,
+        max_ratio=max_ratio,
+        round_to=round_to,
+        group_ratios=_resolve_ratio_per_layer(kg, analysis, ratio_per_layer),
+    )
+    if target_macs is not None and target_params is not None:
+        raise InvalidArgumentError("give target_macs or target_params, not both")
+    if target_macs is not None or target_params is not None:
+        counter, name, value = (
+            (count_macs, "target_macs", target_macs) if target_macs is not None else (count_params, "target_params", target_params)
+        )
+        base = counter(kg.graph)
+        target = _target_value(name, value, base)
+        result = _search(analysis, scores, lambda p: counter(kg.graph, p), target, **options)
+        result.settings.update(target=target, base=base, reached=counter(kg.graph, result), measure=name[7:])
+    else:
+        result = select(analysis, scores, ratio, **options)
     result.source = kg
     result.settings["criterion"] = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
     return result
@@ -85,10 +236,13 @@ def apply(plan_: PruningPlan):
     return apply_plan(kg, plan_)
 
 
-def prune(model, ratio: float = 0.5, criterion="l2", verbose: bool = False, **kwargs):
+def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bool = False, **kwargs):
     """Remove channels for real: a new, smaller ``keras.Model`` with the same inputs and outputs.
 
-    Takes every argument of :func:`plan`. With ``verbose=True`` prints the before/after table.
+    Takes every argument of :func:`plan`. ``steps`` > 1 prunes iteratively: the MACs (or parameters,
+    with ``target_params``) fall in equal steps to where one-shot pruning would land, and the
+    channels are scored again on the slimmer model between steps. With ``verbose=True`` prints the
+    before/after table.
 
     >>> import keras, spa_keras as spa
     >>> m = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3))
@@ -96,11 +250,35 @@ def prune(model, ratio: float = 0.5, criterion="l2", verbose: bool = False, **kw
     >>> slim.count_params() < m.count_params()
     True
     """
+    if int(steps) != steps or steps < 1:
+        raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
     p = plan(model, ratio=ratio, criterion=criterion, **kwargs)
+    if steps > 1:
+        by_params = kwargs.get("target_params") is not None
+        counter = count_params if by_params else count_macs
+        key = "target_params" if by_params else "target_macs"
+        base, final = counter(p.graph), counter(p.graph, p)
+        options = {k: v for k, v in kwargs.items() if k not in ("target_macs", "target_params", "ignored_layers")}
+        ignored = kwargs.get("ignored_layers")
+        current = model
+        for i in range(1, steps + 1):
+            goal = base - (base - final) * i / steps
+            step_plan = plan(current, criterion=criterion, ignored_layers=_names(ignored), **{key: goal}, **options)
+            current = apply(step_plan)
+        if verbose:
+            print(f"{steps} steps: {counter.__name__[6:]} {base:,} -> {counter(step_plan.graph, step_plan):,}")
+        return current
     slim = apply(p)
     if verbose:
         print(Report.from_plan(p).table())
     return slim
+
+
+def _names(layers):
+    """Layer objects become names (the model changes between steps; names stay)."""
+    if not layers:
+        return layers
+    return [x if isinstance(x, str) else x.name for x in layers]
 
 
 class Inspection:

@@ -58,15 +58,20 @@ class PruningPlan:
 
     # ---- reports ---------------------------------------------------------------------------------
     def removed(self) -> dict:
-        """``{layer name: removed output channel indices}`` for every layer that loses channels."""
+        """``{layer name: removed output channel indices}`` for every layer that loses channels; a
+        layer's internal units (attention heads, key/value widths, recurrent units) are listed as
+        ``"layer:heads"`` and so on."""
         out = {}
         for node in self.graph.nodes:
             if node.layer in out or not node.outputs:
                 continue
-            lay = self.analysis.layouts[node.outputs[0]]
-            idx = np.nonzero(self._element_removed[lay])[0]
-            if len(idx):
-                out[node.layer] = idx
+            for i, t in enumerate(node.outputs):
+                name = self.graph.tensors[t].name
+                if i and not name.startswith(node.name + ":"):
+                    continue  # a real second output (a state, attention scores)
+                idx = np.nonzero(self._element_removed[self.analysis.layouts[t]])[0]
+                if len(idx):
+                    out[node.layer if i == 0 else node.layer + name[len(node.name):]] = idx
         return out
 
     @property
@@ -148,16 +153,19 @@ def select(
     global_pruning: bool = False,
     max_ratio: float = 1.0,
     round_to: int = 1,
+    group_ratios: dict | None = None,
 ) -> PruningPlan:
-    """Choose the classes to remove from per-class ``scores`` (lower = less important).
+    """Choose the classes to remove from per-class ``scores`` (lower = less important; NaN = keep).
 
     Local: each group loses ``floor(ratio * size)`` classes. Global: the ``ratio`` of all prunable
-    classes with the lowest scores, wherever they are, then the per-group limits.
+    classes with the lowest scores, wherever they are, then the per-group limits. ``group_ratios``
+    (group id -> ratio) prunes those groups locally at their own ratio, in either mode.
     """
     ratio = _check_fraction("ratio", ratio)
     max_ratio = _check_fraction("max_ratio", max_ratio, upper_open=False)
     if int(round_to) != round_to or round_to < 1:
         raise InvalidArgumentError(f"round_to must be a positive integer, got {round_to!r}")
+    group_ratios = {int(k): _check_fraction("ratio_per_layer value", v) for k, v in (group_ratios or {}).items()}
     scores = np.asarray(scores, np.float64)
     if scores.shape != (analysis.n_classes,):
         raise InvalidArgumentError(
@@ -165,16 +173,24 @@ def select(
         )
     removed = np.zeros(analysis.n_classes, bool)
     index = _GroupIndex(analysis)
+    scorable = np.isfinite(scores)
     if global_pruning:
-        prunable = np.concatenate([g.classes for g in analysis.groups]) if analysis.groups else np.zeros(0, int)
-        k = int(math.floor(ratio * len(prunable)))
-        chosen = prunable[np.argsort(scores[prunable], kind="stable")[:k]]
+        pool = [g.classes[scorable[g.classes]] for g in analysis.groups if g.id not in group_ratios]
+        pool = np.concatenate(pool) if pool else np.zeros(0, np.int64)
+        k = int(math.floor(ratio * len(pool)))
+        chosen = pool[np.argsort(scores[pool], kind="stable")[:k]]
         wanted = np.bincount(analysis.group_of_class[chosen], minlength=len(analysis.groups))
     for g in analysis.groups:
         n = g.size
-        want = int(wanted[g.id]) if global_pruning else int(math.floor(ratio * n + 1e-9))
+        if g.id in group_ratios:
+            want = int(math.floor(group_ratios[g.id] * n + 1e-9))
+        elif global_pruning:
+            want = int(wanted[g.id])
+        else:
+            want = int(math.floor(ratio * n + 1e-9))
         k = _n_remove(n, want, max_ratio, int(round_to))
-        order = g.classes[np.argsort(scores[g.classes], kind="stable")]
+        candidates = g.classes[scorable[g.classes]]
+        order = candidates[np.argsort(scores[candidates], kind="stable")]
         removed[index.limit(g.id, order, k)] = True
     settings = dict(ratio=ratio, global_pruning=global_pruning, max_ratio=max_ratio, round_to=int(round_to))
     return PruningPlan(analysis, removed, settings)

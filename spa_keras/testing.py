@@ -70,3 +70,67 @@ def perturb_statistics(model, seed: int = 0):
         elif name == "bias":
             w.assign(rng.normal(0, 0.1, w.shape).astype(w.dtype))
     return model
+
+
+def build_vit(image_size: int = 32, patch: int = 4, dim: int = 48, depth: int = 3, heads: int = 4,
+              mlp_dim: int = 96, classes: int = 10):
+    """A small ViT: patch embedding, class token, position embedding, pre-norm transformer blocks with
+    ``MultiHeadAttention``, an MLP head. The class token and the position embedding are custom layers
+    registered through :func:`spa_keras.register_layer`."""
+    import keras
+    from keras import layers as L
+
+    from .frontends.keras import register_layer
+
+    n = (image_size // patch) ** 2
+    inp = keras.Input((image_size, image_size, 3))
+    x = L.Conv2D(dim, patch, strides=patch, name="patch_embed")(inp)
+    x = L.Reshape((n, dim))(x)
+    x = ClassToken(name="cls_token")(x)
+    x = PositionEmbedding(name="pos_embed")(x)
+    for i in range(depth):
+        y = L.LayerNormalization(epsilon=1e-6, name=f"block{i}_ln1")(x)
+        y = L.MultiHeadAttention(heads, dim // heads, name=f"block{i}_attn")(y, y)
+        x = L.Add()([x, y])
+        y = L.LayerNormalization(epsilon=1e-6, name=f"block{i}_ln2")(x)
+        y = L.Dense(mlp_dim, activation="gelu", name=f"block{i}_mlp1")(y)
+        y = L.Dense(dim, name=f"block{i}_mlp2")(y)
+        x = L.Add()([x, y])
+    x = L.LayerNormalization(epsilon=1e-6, name="final_ln")(x)
+    out = L.Dense(classes, name="head")(x[:, 0])
+    register_layer(ClassToken, kind="identity", params={"cls": {2: "out"}})
+    register_layer(PositionEmbedding, kind="identity", params={"pos": {2: "out"}})
+    return keras.Model(inp, out, name="vit")
+
+
+def _vit_layers():
+    import keras
+
+    @keras.saving.register_keras_serializable("spa_keras")
+    class ClassToken(keras.layers.Layer):
+        """Prepends a learnt token to the sequence."""
+
+        def build(self, shape):
+            self.cls = self.add_weight(shape=(1, 1, shape[-1]), initializer="random_normal", name="cls")
+
+        def call(self, x):
+            b = keras.ops.shape(x)[0]
+            return keras.ops.concatenate([keras.ops.repeat(self.cls, b, axis=0), x], axis=1)
+
+        def compute_output_shape(self, shape):
+            return (shape[0], None if shape[1] is None else shape[1] + 1, shape[2])
+
+    @keras.saving.register_keras_serializable("spa_keras")
+    class PositionEmbedding(keras.layers.Layer):
+        """Adds a learnt embedding per position."""
+
+        def build(self, shape):
+            self.pos = self.add_weight(shape=(1, shape[1], shape[2]), initializer="random_normal", name="pos")
+
+        def call(self, x):
+            return x + self.pos
+
+    return ClassToken, PositionEmbedding
+
+
+ClassToken, PositionEmbedding = _vit_layers()

@@ -24,8 +24,8 @@ def _fresh_session():
 def check_pruned(model, ratio=0.5, oracle=True, **kwargs):
     """Prune ``model`` and assert the properties every pruned model must have. Returns (slim, plan)."""
     before = weights_hash(model)
-    kg = from_keras(model)
-    plan = spa.plan(kg, ratio=ratio, **kwargs)
+    plan = spa.plan(from_keras(model), ratio=ratio, **kwargs)
+    kg = plan.source
     slim = spa.apply(plan)
     x = random_inputs(model)
     out = slim(x)

@@ -251,7 +251,7 @@ def test_one_d_three_d_transpose_and_misc_layers():
     assert slim.get_layer("c3d").kernel.shape == (3, 3, 3, 2, 4)
 
 
-def test_embedding_einsum_and_attention_kept_whole():
+def test_embedding_einsum_and_attention():
     tokens = keras.Input((6,), dtype="int32")
     x = L.Embedding(20, 16, name="emb")(tokens)
     x = L.EinsumDense("abc,cd->abd", output_shape=(None, 12), bias_axes="d", activation="relu", name="ed")(x)
@@ -263,9 +263,11 @@ def test_embedding_einsum_and_attention_kept_whole():
     slim, plan = check_pruned(model, 0.5)
     assert slim.get_layer("emb").embeddings.shape == (20, 8)
     assert slim.get_layer("ed").kernel.shape == (8, 6)
-    # attention is held fixed: its input width stays
-    assert slim.get_layer("proj").kernel.shape == (6, 8)
-    assert any(h["layer"] == "mha" for h in spa.inspect(model).held_fixed)
+    # attention: heads and key/value widths are pruned; its output follows the query's width
+    mha = slim.get_layer("mha").get_config()
+    assert (mha["num_heads"], mha["key_dim"], mha["value_dim"]) == (1, 2, 2)
+    assert slim.get_layer("proj").kernel.shape == (6, 4)
+    assert not spa.inspect(model).held_fixed
 
 
 def test_unknown_layer_is_held_fixed_and_reported():

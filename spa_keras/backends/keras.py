@@ -21,6 +21,7 @@ from ..frontends.keras import (
     is_model,
     pack_inputs,
     pack_outputs,
+    param_name,
     topological_nodes,
 )
 from ..graph import BIAS, WEIGHT
@@ -34,12 +35,28 @@ def _new_input(x, width: int | None):
     return keras.Input(batch_shape=tuple(shape), dtype=x.dtype, name=x.name.split(":")[0])
 
 
+def _drop_build_configs(cfg):
+    """Wrapper layers (Bidirectional, TimeDistributed) serialise their inner layer with the input shape
+    it was built for; drop it so that the inner layer builds for its new width."""
+    if isinstance(cfg, dict):
+        cfg.pop("build_config", None)
+        for v in cfg.values():
+            _drop_build_configs(v)
+    elif isinstance(cfg, list):
+        for v in cfg:
+            _drop_build_configs(v)
+
+
 class _Rebuilder:
     def __init__(self, kg: KerasGraph, plan: PruningPlan):
         self.kg = kg
         self.plan = plan
         self.new_ops: dict = {}  # id(old layer or model) -> new
         self.pairs: list = []  # (old layer, new layer)
+
+    def width_fn(self, node):
+        """``width(ref)``: the new width of the tensor an AxisRef of ``node`` names."""
+        return lambda ref: self.plan.width((node.inputs if ref.side == "in" else node.outputs)[ref.index])
 
     # ---- layers ----------------------------------------------------------------------------------
     def layer(self, layer):
@@ -52,8 +69,8 @@ class _Rebuilder:
             cfg = layer.get_config()
             spec = self.kg.specs[node.name] if node is not None else None
             if spec is not None and spec.resize is not None:
-                tensors = lambda ref: (node.inputs if ref.side == "in" else node.outputs)[ref.index]  # noqa: E731
-                spec.resize(cfg, lambda ref: self.plan.width(tensors(ref)))
+                spec.resize(cfg, self.width_fn(node))
+            _drop_build_configs(cfg)
             try:
                 new = layer.__class__.from_config(cfg)
             except Exception as e:  # noqa: BLE001 - any failure here is the layer's own
@@ -100,15 +117,18 @@ class _Rebuilder:
         for old, new in self.pairs:
             node = self.kg.layer_nodes.get(id(old))
             params = {p.key: p for p in node.params} if node is not None else {}
+            spec = self.kg.specs[node.name] if node is not None else None
             values = []
             for v_old, v_new in zip(old.weights, new.weights):
-                value = keras.ops.convert_to_numpy(v_old)
+                value = np.asarray(v_old.numpy())
                 p = params.get(id(v_old))
                 if p is not None:
                     if transform is not None:
                         value = transform(node, p, value)
                     for axis, idx in self.plan.keep_indices(node, p).items():
                         value = np.take(value, idx, axis=axis)
+                    if spec.transform is not None:
+                        value = spec.transform(param_name(spec, v_old), value, self.width_fn(node))
                 if tuple(value.shape) != tuple(v_new.shape):
                     raise RebuildError(
                         f"layer {old.name!r} ({type(old).__name__}): weight {v_old.name} sliced to "

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import keras
 
-from ..errors import UnsupportedModelError
+from ..errors import InvalidArgumentError, UnsupportedModelError
 from ..graph import BIAS, IN, OUT, STAT, WEIGHT, AxisRef, Graph, Node, Param
 
 L = keras.layers
@@ -31,9 +31,13 @@ L = keras.layers
 class Spec:
     """How one call of a layer acts on channels.
 
-    ``params`` maps a weight's short name (``kernel``, ``gamma``) to ``(axes, role)`` where ``axes``
-    maps axis -> :class:`AxisRef`. ``resize(config, width)`` edits a config for new widths, where
-    ``width(ref)`` gives the new width of the tensor an :class:`AxisRef` names.
+    ``params`` maps a weight to ``(axes, role)`` where ``axes`` maps axis -> :class:`AxisRef`; a weight
+    is named by its short name (``kernel``), the end of its path (``query/kernel``) or ``id(variable)``.
+    ``resize(config, width)`` edits a config for new widths, where ``width(ref)`` gives the new width of
+    the tensor an :class:`AxisRef` names. ``hidden`` lists ``(name, width)`` of channel axes internal
+    to the layer (attention heads, recurrent units): they become extra outputs of the node, after the
+    real ones, for the params' AxisRefs to name. ``transform(name, value, width)`` may edit a sliced
+    weight (attention rescales its queries when ``key_dim`` shrinks).
     """
 
     kind: str
@@ -41,6 +45,8 @@ class Spec:
     attrs: dict = field(default_factory=dict)
     macs: list = field(default_factory=list)
     resize: Callable | None = None
+    hidden: list = field(default_factory=list)
+    transform: Callable | None = None
 
 
 @dataclass
@@ -51,6 +57,7 @@ class Call:
     in_shapes: list
     out_shapes: list
     node: object = None
+    options: dict = field(default_factory=dict)
 
     @property
     def out_spatial(self) -> int:
@@ -59,6 +66,17 @@ class Call:
     @property
     def in_spatial(self) -> int:
         return _spatial(self.in_shapes[0])
+
+    def argument(self, position: int, keyword: str):
+        """The call's argument by position or keyword (None when absent)."""
+        args = self.node.arguments
+        if len(args.args) > position:
+            return args.args[position]
+        return args.kwargs.get(keyword)
+
+    def input_index(self, tensor) -> int:
+        """Position of a KerasTensor argument among the node's inputs."""
+        return [id(t) for t in self.node.input_tensors].index(id(tensor))
 
 
 def _spatial(shape) -> int:
@@ -85,6 +103,61 @@ def register(*classes):
         return fn
 
     return deco
+
+
+def register_layer(cls, kind: str = "identity", params: dict | None = None, config: dict | None = None,
+                   macs=None, describe=None):
+    """Tell spa_keras how a layer class of yours acts on channels. Returns ``cls`` (usable as a
+    decorator through :func:`functools.partial` or directly).
+
+    Declaratively, for the common cases:
+
+    - ``kind``: ``"identity"`` (output channels are the input's: a per-channel scale, an activation),
+      ``"linear"`` (fresh output channels: a dense or conv-like layer), ``"merge"`` (element-wise over
+      several inputs), ``"depthwise"``, ``"concat"``, ``"flatten"`` or ``"fixed"`` (hold it).
+    - ``params``: ``{weight name: {axis: "in" | "out"}}`` — which axis of each weight runs along the
+      input's or the output's channels (``"in"`` is input 0; an :class:`AxisRef` for more). A value
+      ``(axes, role)`` sets the role (``"weight"``, ``"bias"``, ``"stat"``); by default weights of rank
+      > 1 are scored by magnitude criteria and 1-D ones are sliced as biases.
+    - ``config``: ``{config key: "in" | "out"}`` — config entries that hold a width and must follow it.
+    - ``macs``: ``fn(call) -> [(constant, [AxisRef, ...]), ...]`` (see :class:`Node`), optional.
+
+    Or pass ``describe(call) -> Spec`` for anything else.
+
+    >>> import keras, spa_keras as spa
+    >>> class Scale(keras.layers.Layer):
+    ...     def build(self, shape):
+    ...         self.scale = self.add_weight(shape=(shape[-1],), initializer="ones", name="scale")
+    ...     def call(self, x):
+    ...         return x * self.scale
+    >>> _ = spa.register_layer(Scale, kind="identity", params={"scale": {0: "out"}})
+    """
+    if describe is None:
+        from ..graph import RULES
+
+        if kind not in RULES or kind in ("input", "attention", "recurrent"):
+            raise InvalidArgumentError(f"register_layer: kind must be one of identity, linear, merge, depthwise, "
+                                       f"concat, flatten, fixed; got {kind!r}")
+        side = {"in": IN, "out": OUT}
+
+        def describe(call: Call) -> Spec:
+            ranks = {v.name.split("/")[-1]: len(v.shape) for v in call.layer.weights}
+            ps = {}
+            for name, value in (params or {}).items():
+                axes, role = value if isinstance(value, tuple) else (value, None)
+                axes = {int(a): side.get(r, r) for a, r in axes.items()}
+                ps[name] = (axes, role or (WEIGHT if ranks.get(name, 1) > 1 else BIAS))
+
+            def resize(cfg, w):
+                for key, s in (config or {}).items():
+                    cfg[key] = w(side.get(s, s))
+
+            return Spec(kind, ps, {}, list(macs(call)) if macs else [], resize if config else None)
+
+    if not isinstance(cls, type) or not issubclass(cls, keras.layers.Layer):
+        raise InvalidArgumentError(f"register_layer expects a keras.layers.Layer subclass, got {cls!r}")
+    REGISTRY[cls] = describe
+    return cls
 
 
 def fixed(reason: str, macs: float = 0.0) -> Spec:
@@ -280,7 +353,7 @@ def _batchnorm(call: Call) -> Spec:
     return Spec(
         "identity",
         {
-            "gamma": ({0: OUT}, WEIGHT),
+            "gamma": ({0: OUT}, WEIGHT, "norm_scale"),
             "beta": ({0: OUT}, BIAS),
             "moving_mean": ({0: OUT}, BIAS),
             "moving_variance": ({0: OUT}, STAT),
@@ -290,9 +363,20 @@ def _batchnorm(call: Call) -> Spec:
 
 @register(L.LayerNormalization, L.GroupNormalization, L.UnitNormalization)
 def _norm_across_channels(call: Call) -> Spec:
+    layer = call.layer
+    rank = len(call.in_shapes[0]) + 1
+    axes = getattr(layer, "axis", None)
+    axes = list(axes) if isinstance(axes, (list, tuple)) else [axes]
+    if (
+        call.options.get("prune_layer_norm")
+        and isinstance(layer, L.LayerNormalization)
+        and [a % rank for a in axes] == [rank - 1]
+    ):
+        params = {"gamma": ({0: OUT}, WEIGHT, "norm_scale"), "beta": ({0: OUT}, BIAS)}
+        return Spec("identity", params)
     return fixed(
         f"{type(call.layer).__name__} normalises across channels: removing one changes the others "
-        "(its stream is held fixed)"
+        "(its stream is held fixed; prune_layer_norm=True prunes LayerNorm streams approximately)"
     )
 
 
@@ -407,16 +491,111 @@ def _concat(call: Call) -> Spec:
 
 @register(L.MultiHeadAttention)
 def _mha(call: Call) -> Spec:
+    """Heads, key width and value width are units of their own; the output projection's width follows
+    the query unless ``output_shape`` is set."""
     layer = call.layer
-    tq = _spatial(call.in_shapes[0])
-    tk = _spatial(call.in_shapes[-1]) if len(call.in_shapes) > 1 else tq
-    h, dk = layer.num_heads, layer.key_dim
-    dv = layer.value_dim or dk
-    dq = call.in_shapes[0][-1]
-    dkv = call.in_shapes[-1][-1]
-    do = call.out_shapes[0][-1]
-    macs = tq * dq * h * dk + tk * dkv * h * (dk + dv) + h * tq * tk * (dk + dv) + tq * h * dv * do
-    return fixed("MultiHeadAttention is kept whole (head pruning is not implemented yet)", macs)
+    cfg = layer.get_config()
+    q_t, v_t = call.argument(0, "query"), call.argument(1, "value")
+    k_t = call.argument(2, "key")
+    k_t = v_t if k_t is None else k_t
+    qi, vi, ki = call.input_index(q_t), call.input_index(v_t), call.input_index(k_t)
+    h, dk = int(layer.num_heads), int(layer.key_dim)
+    dv = int(layer.value_dim or dk)
+    tq, tk = _spatial(call.in_shapes[qi]), _spatial(call.in_shapes[ki])
+    out_shape = cfg.get("output_shape")
+    if cfg.get("use_gate") or (out_shape is not None and np.ndim(out_shape) > 0 and len(out_shape) > 1):
+        macs = tq * call.in_shapes[qi][-1] * h * dk + tk * h * (dk * call.in_shapes[ki][-1] + dv * call.in_shapes[vi][-1])
+        return fixed("MultiHeadAttention with a gate or a multi-axis output_shape is kept whole", macs)
+    n = len(call.out_shapes)
+    Q, K, V = AxisRef("in", qi), AxisRef("in", ki), AxisRef("in", vi)
+    H, DK, DV = AxisRef("out", n), AxisRef("out", n + 1), AxisRef("out", n + 2)
+
+    def resize(c, w):
+        c["num_heads"], c["key_dim"], c["value_dim"] = w(H), w(DK), w(DV)
+        if out_shape is not None:
+            c["output_shape"] = w(OUT)
+
+    def transform(name, value, w):
+        # Keras scales queries by 1/sqrt(key_dim): keep the old scale when key_dim shrinks
+        if name.startswith("query/"):
+            return value * np.sqrt(w(DK) / dk).astype(value.dtype)
+        return value
+
+    return Spec(
+        "attention",
+        {
+            "query/kernel": ({0: Q, 1: H, 2: DK}, WEIGHT),
+            "query/bias": ({0: H, 1: DK}, BIAS),
+            "key/kernel": ({0: K, 1: H, 2: DK}, WEIGHT),
+            "key/bias": ({0: H, 1: DK}, BIAS),
+            "value/kernel": ({0: V, 1: H, 2: DV}, WEIGHT),
+            "value/bias": ({0: H, 1: DV}, BIAS),
+            "attention_output/kernel": ({0: H, 1: DV, 2: OUT}, WEIGHT),
+            "attention_output/bias": ({0: OUT}, BIAS),
+        },
+        {"tied": out_shape is None, "query": qi},
+        [(tq, [Q, H, DK]), (tk, [K, H, DK]), (tk, [V, H, DV]), (tq * tk, [H, DK]), (tq * tk, [H, DV]),
+         (tq, [H, DV, OUT])],
+        resize,
+        hidden=[("heads", h), ("key_dim", dk), ("value_dim", dv)],
+        transform=transform,
+    )
+
+
+_GATES = {L.LSTM: 4, L.GRU: 3, L.SimpleRNN: 1}
+
+
+def _rnn_params(call: Call, cell_layer, n_out: int, in_ref=IN) -> tuple:
+    g = _GATES[type(cell_layer)]
+    units = AxisRef("out", n_out)
+    gates = AxisRef("out", n_out, tile=g)
+    bias_rank = 2 if isinstance(cell_layer, L.GRU) and cell_layer.reset_after else 1
+    params = {
+        "kernel": ({0: in_ref, 1: gates}, WEIGHT),
+        "recurrent_kernel": ({0: units, 1: gates}, WEIGHT),
+        "bias": ({bias_rank - 1: gates}, BIAS),
+    }
+    steps = call.in_shapes[0][0] or 1
+    macs = [(steps * g, [in_ref, units]), (steps * g, [units, units])]
+    return params, macs, units
+
+
+@register(L.LSTM, L.GRU, L.SimpleRNN)
+def _rnn(call: Call) -> Spec:
+    layer = call.layer
+    if type(layer) not in _GATES:
+        return fixed(f"{type(layer).__name__} is a recurrent layer spa_keras does not know")
+    n = len(call.out_shapes)
+    params, macs, units = _rnn_params(call, layer, n)
+
+    def resize(cfg, w):
+        cfg["units"] = w(units)
+
+    return Spec("recurrent", params, {"units": layer.units}, macs, resize, hidden=[("units", layer.units)])
+
+
+@register(L.Bidirectional)
+def _bidirectional(call: Call) -> Spec:
+    layer = call.layer
+    fwd, bwd = layer.forward_layer, layer.backward_layer
+    if type(fwd) not in _GATES or type(bwd) is not type(fwd):
+        return fixed("Bidirectional around a layer other than LSTM, GRU or SimpleRNN")
+    n = len(call.out_shapes)
+    params, macs, units = _rnn_params(call, fwd, n)
+
+    def resize(cfg, w):
+        for key in ("layer", "backward_layer"):
+            if cfg.get(key):
+                cfg[key]["config"]["units"] = w(units)
+
+    return Spec(
+        "recurrent",
+        params,
+        {"units": fwd.units, "concat": layer.merge_mode == "concat"},
+        [(2 * c, refs) for c, refs in macs],
+        resize,
+        hidden=[("units", fwd.units)],
+    )
 
 
 @register(L.InputLayer)
@@ -425,7 +604,7 @@ def _input(call: Call) -> Spec:
 
 
 # layers that keras.applications defines without exporting them
-register("LayerScale")(lambda call: Spec("identity", {"gamma": ({0: OUT}, WEIGHT)}))
+register("LayerScale")(lambda call: Spec("identity", {"gamma": ({0: OUT}, WEIGHT, "norm_scale")}))
 register("StochasticDepth")(identity)
 register("CustomScaleLayer")(lambda call: Spec("merge"))
 
@@ -455,6 +634,18 @@ def _const_is_per_channel(node) -> bool:
     return any(check(x) for x in keras.tree.flatten(args))
 
 
+def _key_spares_last_axis(key, rank: int) -> bool:
+    """Whether ``x[key]`` leaves the last axis whole (``x[:, 0]``, ``x[..., 1:, :]``)."""
+    key = tuple(key) if isinstance(key, (tuple, list)) else (key,)
+    if any(k is None for k in key):
+        return False
+    whole = slice(None)
+    if Ellipsis in key:
+        tail = key[key.index(Ellipsis) + 1 :]
+        return all(k == whole for k in tail)
+    return len(key) < rank or key[-1] == whole
+
+
 def _describe_op(op, call: Call) -> Spec:
     name = type(op).__name__
     if _const_is_per_channel(call.node):
@@ -462,6 +653,11 @@ def _describe_op(op, call: Call) -> Spec:
     if name in OPS_MERGE:
         return Spec("merge")
     if name in OPS_UNARY:
+        return identity()
+    if name == "Concatenate":
+        rank = len(call.out_shapes[0]) + 1
+        return Spec("concat" if getattr(op, "axis", None) in (-1, rank - 1) else "merge")
+    if name == "GetItem" and _key_spares_last_axis(call.argument(1, "key"), len(call.in_shapes[0]) + 1):
         return identity()
     if name in OPS_REDUCE:
         axis = getattr(op, "axis", None)
@@ -542,8 +738,9 @@ class KerasGraph:
     ``model_inputs`` (id(nested model) -> graph tensor ids of its inputs at its first call).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, **options):
         self.model = model
+        self.options = options
         self.graph = Graph(model.name)
         self.variables: dict = {}
         self.specs: dict = {}
@@ -564,7 +761,41 @@ class KerasGraph:
                 self.graph.tie(ids[0], other)
 
     def weight(self, key) -> np.ndarray:
-        return keras.ops.convert_to_numpy(self.variables[key])
+        return np.asarray(self.variables[key].numpy())
+
+    def gradient_stats(self, data, loss=None, batch_size: int = 8, max_samples: int = 512):
+        """Mean gradient and mean squared gradient (empirical Fisher) of the loss over ``data``, per
+        parameter key. The model runs in inference mode (BatchNorm statistics are not touched).
+
+        ``loss``: a Keras loss (name or callable ``loss(y_true, y_pred)``). With no targets in the
+        data, the loss is half the mean squared output (the output's energy).
+        """
+        import tensorflow as tf
+
+        from ..data import iterate_batches
+
+        keys = [k for k, v in self.variables.items() if v.trainable]
+        tvars = [self.variables[k] for k in keys]
+        gsum = [np.zeros(v.shape, np.float64) for v in tvars]
+        fsum = [np.zeros(v.shape, np.float64) for v in tvars]
+        n = 0
+        for x, y in iterate_batches(data, batch_size, max_samples):
+            with tf.GradientTape() as tape:
+                pred = self.model(x, training=False)
+                value = _loss_value(loss, y, pred)
+            grads = tape.gradient(value, tvars)
+            for i, g in enumerate(grads):
+                if g is not None:
+                    g = np.asarray(g, np.float64)
+                    gsum[i] += g
+                    fsum[i] += g * g
+            n += 1
+        if n == 0:
+            raise InvalidArgumentError("the data yielded no batch")
+        grad = {k: g / n for k, g in zip(keys, gsum)}
+        fisher = {k: f / n for k, f in zip(keys, fsum)}
+        zeros = lambda k: np.zeros(self.variables[k].shape)  # noqa: E731 - non-trainable: no gradient
+        return (lambda k: grad[k] if k in grad else zeros(k)), (lambda k: fisher[k] if k in fisher else zeros(k))
 
     def _walk(self, fmodel, tmap, prefix):
         for knode in topological_nodes(fmodel):
@@ -597,6 +828,7 @@ class KerasGraph:
             [g.tensors[t].shape for t in in_ids],
             [g.tensors[t].shape for t in out_ids],
             knode,
+            self.options,
         )
         if isinstance(op, keras.layers.Layer):
             handler = _lookup(op)
@@ -610,13 +842,15 @@ class KerasGraph:
         k = self._calls.get(base, 0)
         self._calls[base] = k + 1
         name = base if k == 0 else f"{base}#{k}"
+        for hname, width in spec.hidden:
+            out_ids.append(g.add_tensor(f"{name}:{hname}", (width,), width))
         params = []
         for v in getattr(op, "weights", []) if isinstance(op, keras.layers.Layer) else []:
             key = id(v)
             self.variables[key] = v
-            short = v.name.split("/")[-1]
-            axes, role = spec.params.get(short, ({}, STAT))
-            params.append(Param(key, f"{base}/{short}", tuple(v.shape), dict(axes), role))
+            short = param_name(spec, v)
+            axes, role, *tag = spec.params.get(short, ({}, STAT))
+            params.append(Param(key, v.path, tuple(v.shape), dict(axes), role, tag[0] if tag else ""))
         node = Node(name, spec.kind, in_ids, out_ids, params, dict(spec.attrs), list(spec.macs), base,
                     (op, knode))
         g.add_node(node)
@@ -624,8 +858,40 @@ class KerasGraph:
         self.layer_nodes.setdefault(id(op), node)
 
 
-def from_keras(model) -> KerasGraph:
+def _loss_value(loss, y, pred):
+    outputs = keras.tree.flatten(pred)
+    if y is None:
+        return sum(0.5 * keras.ops.mean(keras.ops.square(o)) for o in outputs)
+    if loss is None:
+        out = outputs[0]
+        if np.issubdtype(np.asarray(y).dtype, np.integer):
+            probs = bool(keras.ops.all(out >= 0)) and bool(
+                keras.ops.all(keras.ops.abs(keras.ops.sum(out, axis=-1) - 1.0) < 1e-3)
+            )
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probs)
+        else:
+            loss = keras.losses.MeanSquaredError()
+    fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    return keras.ops.mean(fn(y, outputs[0]))
+
+
+def param_name(spec: Spec, v) -> str:
+    """The key of ``spec.params`` that names variable ``v``: its id, the end of its path, or its
+    short name."""
+    if id(v) in spec.params:
+        return id(v)
+    path = v.path
+    for key in spec.params:
+        if isinstance(key, str) and "/" in key and path.endswith("/" + key):
+            return key
+    return v.name.split("/")[-1]
+
+
+def from_keras(model, prune_layer_norm: bool = False) -> KerasGraph:
     """Read a Keras model into the standard channel graph.
+
+    ``prune_layer_norm``: let channels through LayerNormalization (gamma and beta sliced). Exact only
+    up to LayerNorm's statistics, which change when channels go: fine-tune afterwards. Default: held.
 
     >>> import keras, spa_keras.frontends.keras as fk
     >>> x = keras.Input((8, 8, 3)); y = keras.layers.Conv2D(4, 3)(x)
@@ -638,4 +904,4 @@ def from_keras(model) -> KerasGraph:
             f"expected a keras.Model, got {type(model).__name__}; load it first "
             "(keras.saving.load_model) or pass a path to spa.prune"
         )
-    return KerasGraph(model)
+    return KerasGraph(model, prune_layer_norm=prune_layer_norm)

@@ -47,6 +47,8 @@ def axis_elements(layouts, node: Node, param, axis: int) -> np.ndarray:
     lay = layouts[tensors[ref.index]]
     if ref.repeat > 1:
         lay = np.repeat(lay, ref.repeat)
+    if ref.tile > 1:
+        lay = np.tile(lay, ref.tile)
     if ref.block:
         lay = lay[: param.shape[axis]]
     if len(lay) != param.shape[axis]:

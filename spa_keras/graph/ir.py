@@ -27,13 +27,15 @@ class AxisRef:
     ``repeat`` > 1 means every channel of that tensor owns ``repeat`` consecutive entries of the axis
     (a separable conv's pointwise kernel after a depth multiplier). ``block`` means the axis holds one
     group's share of the channels only (a grouped conv's input axis): entry ``j`` stands for channel
-    ``j`` of every group, which the grouped-conv rule couples.
+    ``j`` of every group, which the grouped-conv rule couples. ``tile`` > 1 means the axis holds
+    ``tile`` consecutive copies of the channels (the gates of an LSTM: ``[i | f | c | o]``).
     """
 
     side: str
     index: int = 0
     repeat: int = 1
     block: bool = False
+    tile: int = 1
 
 
 IN = AxisRef("in", 0)
@@ -49,6 +51,7 @@ class Param:
     shape: tuple
     axes: dict = field(default_factory=dict)  # axis -> AxisRef
     role: str = WEIGHT
+    tag: str = ""  # "norm_scale" for BN/LayerScale gammas (network-slimming criterion)
 
     @property
     def size(self) -> int:

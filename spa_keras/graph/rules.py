@@ -135,7 +135,38 @@ def rule_flatten(node, ins, ctx, graph):
     return [np.tile(lay, n // len(lay))]
 
 
+def rule_recurrent(node, ins, ctx, graph):
+    """A recurrent layer: fresh units (its last output, a hidden tensor), carried by every real output
+    (sequence, hidden and cell states). With ``attrs["concat"]`` (a Bidirectional layer in concat
+    mode) both directions share the units and the first output is the two directions side by side."""
+    units = ctx.fresh(int(node.attrs["units"]), node.name)
+    outs = []
+    for i, t in enumerate(node.outputs[:-1]):
+        lay = np.tile(units, 2) if (i == 0 and node.attrs.get("concat")) else units
+        if len(lay) != graph.tensors[t].channels:
+            ctx.fix(units)
+            lay = fixed_layout(graph.tensors[t].channels)
+        outs.append(lay)
+    return outs + [units]
+
+
+def rule_attention(node, ins, ctx, graph):
+    """Multi-head attention. Its last three outputs are hidden tensors with a fresh channel per head,
+    per key dimension and per value dimension (each a unit of its own: a head goes whole, a key
+    dimension goes from every head). The result carries the query's channels when the layer's output
+    width follows the query (``attrs["tied"]``); other real outputs (attention scores) are fixed."""
+    real, hidden = node.outputs[:-3], node.outputs[-3:]
+    out_t = graph.tensors[real[0]]
+    q = ins[int(node.attrs.get("query", 0))]
+    out = q if node.attrs.get("tied") and len(q) == out_t.channels else ctx.fresh(out_t.channels, node.name)
+    rest = [fixed_layout(graph.tensors[t].channels) for t in real[1:]]
+    parts = [ctx.fresh(graph.tensors[t].channels, graph.tensors[t].name) for t in hidden]
+    return [out] + rest + parts
+
+
 RULES = {
+    "recurrent": rule_recurrent,
+    "attention": rule_attention,
     "input": rule_input,
     "fixed": rule_fixed,
     "linear": rule_linear,
