@@ -145,3 +145,15 @@ def test_register_layer_refuses_a_bad_kind():
 
     with pytest.raises(spa.InvalidArgumentError, match="kind"):
         spa.register_layer(ChannelScale, kind="attention")
+
+
+def test_einsum_dense_into_heads_and_back():
+    inp = keras.Input((5, 12))
+    x = L.EinsumDense("abc,cde->abde", output_shape=(None, 3, 8), bias_axes="e", name="to_heads")(inp)
+    x = L.ReLU()(x)
+    x = L.EinsumDense("abde,ef->abdf", output_shape=(None, 3, 6), name="per_head")(x)
+    x = L.Reshape((5, 18))(x)
+    model = keras.Model(inp, L.Dense(2)(x))
+    slim, plan = check_pruned(model, 0.5)
+    assert slim.get_layer("to_heads").kernel.shape == (12, 3, 4)
+    assert slim.get_layer("per_head").kernel.shape == (4, 6)
