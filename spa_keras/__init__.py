@@ -5,7 +5,10 @@
 >>> slim = spa.prune(model, ratio=0.5, criterion="l2")
 """
 
+from . import callbacks
 from .api import Inspection, apply, inspect, plan, prune
+from .callbacks import GroupSparsity, PruningCallback, strip
+from .finetune import finetune
 from .frontends.keras import Spec as LayerSpec
 from .frontends.keras import register_layer
 from .graph import AxisRef
@@ -17,6 +20,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "prune", "plan", "apply", "inspect", "Inspection", "PruningPlan", "Report", "register_layer", "LayerSpec",
-    "AxisRef",
+    "AxisRef", "callbacks", "PruningCallback", "GroupSparsity", "strip", "finetune",
     "PruningError", "InvalidArgumentError", "RebuildError", "UnsupportedModelError",
 ]

@@ -161,27 +161,47 @@ def apply_plan(kg: KerasGraph, plan: PruningPlan, transform=None) -> keras.Model
     return new
 
 
-def zeroed_copy(kg: KerasGraph, plan: PruningPlan) -> keras.Model:
-    """The zero-channel oracle: a full-width copy of the model with every removed channel zeroed at the
-    parameters that write it (kernel output slices, biases, BN gamma/beta/mean). On a zero-preserving
-    path its outputs equal the pruned model's."""
+def zero_writers(plan: PruningPlan):
+    """``transform(node, param, value)`` that zeroes the plan's removed channels in every parameter
+    slice that writes them (kernel output slices, biases, BN gamma/beta/mean; not variances)."""
     removed = plan._element_removed
 
     def zero(node, p, value):
         if p.role not in (WEIGHT, BIAS):
             return value
-        value = np.array(value, copy=True)
+        out = None
         for axis, ref in p.axes.items():
-            if ref.side == "out":
-                mask = removed[kg_analysis.axis_elements(node, p, axis)]
-                index = [slice(None)] * value.ndim
+            if ref.side != "out":
+                continue
+            mask = removed[plan.analysis.axis_elements(node, p, axis)]
+            if mask.any():
+                out = np.array(value, copy=True) if out is None else out
+                index = [slice(None)] * out.ndim
                 index[axis] = mask
-                value[tuple(index)] = 0
-        return value
+                out[tuple(index)] = 0
+        return value if out is None else out
 
-    kg_analysis = plan.analysis
+    return zero
+
+
+def zero_in_place(kg: KerasGraph, plan: PruningPlan) -> None:
+    """Zero the plan's removed channels in ``kg.model`` itself (the soft masks of training-time pruning)."""
+    zero = zero_writers(plan)
+    for node in kg.graph.nodes:
+        for p in node.params:
+            var = kg.variables[p.key]
+            value = var.numpy()
+            new = zero(node, p, value)
+            if new is not value:
+                var.assign(new)
+
+
+def zeroed_copy(kg: KerasGraph, plan: PruningPlan) -> keras.Model:
+    """The zero-channel oracle: a full-width copy of the model with every removed channel zeroed at the
+    parameters that write it (kernel output slices, biases, BN gamma/beta/mean). On a zero-preserving
+    path its outputs equal the pruned model's."""
     full = PruningPlan(plan.analysis, np.zeros_like(plan.removed_classes))
-    return apply_plan(kg, full, transform=zero)
+    return apply_plan(kg, full, transform=zero_writers(plan))
 
 
 def verify(kg: KerasGraph, plan: PruningPlan, slim, inputs, rtol: float = 1e-3) -> dict:
