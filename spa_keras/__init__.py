@@ -8,6 +8,7 @@
 from . import callbacks
 from .api import Inspection, apply, inspect, plan, prune
 from .callbacks import GroupSparsity, PruningCallback, strip
+from . import datasets
 from .finetune import finetune
 from .frontends.keras import Spec as LayerSpec
 from .frontends.keras import register_layer

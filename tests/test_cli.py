@@ -59,13 +59,3 @@ def test_bad_input_exits_2_with_a_message(tmp_path):
     assert r.returncode == 2 and "bad.keras" in r.stderr
     r = run("demo", "--model", "MobileNetV2", "--size", "32", "--ratio", "1.5")
     assert r.returncode == 2 and "ratio" in r.stderr
-
-
-def test_example_runs_in_smoke_mode():
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run(
-        [sys.executable, os.path.join(here, "examples", "prune_keras_application.py"), "--smoke"],
-        capture_output=True, text=True, timeout=300, env=ENV,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "saved and reloaded" in r.stdout
