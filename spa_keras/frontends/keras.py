@@ -19,34 +19,13 @@ import keras
 
 from ..errors import InvalidArgumentError, UnsupportedModelError
 from ..graph import BIAS, IN, OUT, STAT, WEIGHT, AxisRef, Graph, Node, Param
+from .spec import Spec
 
 L = keras.layers
 
 # --------------------------------------------------------------------------------------------------
 # The registry
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Spec:
-    """How one call of a layer acts on channels.
-
-    ``params`` maps a weight to ``(axes, role)`` where ``axes`` maps axis -> :class:`AxisRef`; a weight
-    is named by its short name (``kernel``), the end of its path (``query/kernel``) or ``id(variable)``.
-    ``resize(config, width)`` edits a config for new widths, where ``width(ref)`` gives the new width of
-    the tensor an :class:`AxisRef` names. ``hidden`` lists ``(name, width)`` of channel axes internal
-    to the layer (attention heads, recurrent units): they become extra outputs of the node, after the
-    real ones, for the params' AxisRefs to name. ``transform(name, value, width)`` may edit a sliced
-    weight (attention rescales its queries when ``key_dim`` shrinks).
-    """
-
-    kind: str
-    params: dict = field(default_factory=dict)
-    attrs: dict = field(default_factory=dict)
-    macs: list = field(default_factory=list)
-    resize: Callable | None = None
-    hidden: list = field(default_factory=list)
-    transform: Callable | None = None
 
 
 @dataclass

@@ -126,13 +126,26 @@ def rule_concat(node, ins, ctx, graph):
 
 
 def rule_flatten(node, ins, ctx, graph):
-    """Flatten of a channels-last tensor: feature ``p*C + c`` is channel ``c`` at position ``p``, so the
-    layout repeats once per position (the ``H*W`` blocks that a following dense layer reads)."""
+    """Flatten. Channels-last (Keras): feature ``p*C + c`` is channel ``c`` at position ``p``, so the
+    layout repeats once per position (the ``H*W`` blocks that a following dense layer reads).
+    Channels-first (``attrs["channel_major"]``, ONNX/PyTorch): feature ``c*P + p``, each channel's
+    ``P`` features side by side."""
     lay = ins[0]
     n = graph.tensors[node.outputs[0]].channels
     if len(lay) == 0 or n % len(lay):
         return rule_fixed(node, ins, ctx, graph)
+    if node.attrs.get("channel_major"):
+        return [np.repeat(lay, n // len(lay))]
     return [np.tile(lay, n // len(lay))]
+
+
+def rule_split(node, ins, ctx, graph):
+    """Split along channels: output ``k`` carries the next ``width_k`` channels of the input."""
+    lay = ins[0]
+    widths = [graph.tensors[t].channels for t in node.outputs]
+    if sum(widths) != len(lay):
+        return rule_fixed(node, ins, ctx, graph)
+    return list(np.split(lay, np.cumsum(widths)[:-1]))
 
 
 def rule_recurrent(node, ins, ctx, graph):
@@ -165,6 +178,8 @@ def rule_attention(node, ins, ctx, graph):
 
 
 RULES = {
+    "shape": rule_input,  # reads only its input's shape (ONNX Shape): couples nothing
+    "split": rule_split,
     "recurrent": rule_recurrent,
     "attention": rule_attention,
     "input": rule_input,

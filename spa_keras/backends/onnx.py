@@ -1,0 +1,104 @@
+"""Apply a plan to an ONNX model: slice initializers, fix group counts, Reshape shapes and Split
+sizes, re-infer shapes and check the result with ``onnx.checker``. The input model is not changed."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from ..errors import InvalidArgumentError, RebuildError
+from ..frontends.onnx import OnnxGraph
+from ..plan import PruningPlan
+from .keras import zero_writers
+
+
+class _Writer:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.inits = {i.name: i for i in model.graph.initializer}
+        self.consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+        self.names = {n for node in model.graph.node for n in list(node.input) + list(node.output)} | set(self.inits)
+
+    def set_array(self, name, value):
+        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        if name in self.inits:
+            self.inits[name].CopyFrom(tensor)
+        elif name in self.consts:
+            for a in self.consts[name].attribute:
+                if a.name == "value":
+                    a.t.CopyFrom(tensor)
+        else:
+            raise RebuildError(f"parameter {name!r} is neither an initializer nor a Constant")
+
+    def add_constant(self, name, value) -> str:
+        """A new initializer (unique name) for one node's shape-like input, so shared constants stay."""
+        base, k = name, 0
+        while name in self.names:
+            k += 1
+            name = f"{base}_{k}"
+        self.names.add(name)
+        self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+
+def apply_onnx_plan(og: OnnxGraph, plan: PruningPlan, transform=None, check: bool = True) -> onnx.ModelProto:
+    """A new ``ModelProto`` with the plan's channels removed."""
+    model = copy.deepcopy(og.model)
+    writer = _Writer(model)
+    done = set()
+    for node in og.graph.nodes:
+        for p in node.params:
+            if p.key in done:
+                continue
+            done.add(p.key)
+            value = og.arrays[p.key]
+            if transform is not None:
+                value = transform(node, p, value)
+            for axis, idx in plan.keep_indices(node, p).items():
+                value = np.take(value, idx, axis=axis)
+            if value is not og.arrays[p.key]:
+                writer.set_array(p.key, value)
+        spec = og.specs[node.name]
+        if spec.resize is not None:
+            width = lambda ref, n=node: plan.width((n.inputs if ref.side == "in" else n.outputs)[ref.index])  # noqa: E731
+            spec.resize(model.graph.node[node.ref], width, writer)
+    used = {x for n in model.graph.node for x in n.input} | {o.name for o in model.graph.output}
+    for init in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(init)  # shape constants replaced by per-node copies
+    del model.graph.value_info[:]
+    if check:
+        try:
+            onnx.checker.check_model(model)
+            model = shape_inference.infer_shapes(model, strict_mode=True)
+        except Exception as e:  # noqa: BLE001
+            raise RebuildError(f"the pruned ONNX model does not check: {e}") from e
+    return model
+
+
+def zeroed_onnx_copy(og: OnnxGraph, plan: PruningPlan) -> onnx.ModelProto:
+    """The zero-channel oracle for ONNX: the full-width model with the removed channels zeroed where
+    they are written."""
+    full = PruningPlan(plan.analysis, np.zeros_like(plan.removed_classes))
+    return apply_onnx_plan(og, full, transform=zero_writers(plan))
+
+
+def save_onnx(model: onnx.ModelProto, path: str, overwrite: bool = False) -> str:
+    """Write ``model`` to ``path`` atomically (a temporary name in the same folder, then a rename)."""
+    if os.path.exists(path) and not overwrite:
+        raise InvalidArgumentError(f"{path!r} exists; pass overwrite=True (--force) to replace it")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".spa-", suffix=".onnx", dir=folder)
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
