@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
+import os
 import warnings
 
 import numpy as np
@@ -13,6 +14,7 @@ from . import criteria as _criteria
 from .backends.keras import apply_plan
 from .errors import InvalidArgumentError
 from .frontends.keras import KerasGraph, from_keras
+from .frontends.onnx import OnnxGraph, from_onnx_model
 from .graph import analyse
 from .metrics import count_macs, count_params
 from .plan import PruningPlan, select
@@ -26,7 +28,7 @@ def _resolve_ignored(kg: KerasGraph, ignored_layers) -> set:
     names = {}
     for node in kg.graph.nodes:
         names.setdefault(node.layer, []).append(node.name)
-        layer = node.ref[0] if node.ref else None
+        layer = node.ref[0] if isinstance(node.ref, tuple) else None
         if layer is not None:
             names.setdefault(id(layer), []).append(node.name)
     out = set()
@@ -37,7 +39,7 @@ def _resolve_ignored(kg: KerasGraph, ignored_layers) -> set:
             close = difflib.get_close_matches(str(label), [n for n in names if isinstance(n, str)], n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             raise InvalidArgumentError(
-                f"ignored_layers names {label!r}, which is not a layer of model {kg.model.name!r}.{hint}"
+                f"ignored_layers names {label!r}, which is not a layer of model {kg.graph.name!r}.{hint}"
             )
         out.update(names[key])
     return out
@@ -59,7 +61,7 @@ def _resolve_ratio_per_layer(kg: KerasGraph, analysis, ratio_per_layer) -> dict:
     unknown = [k for k in ratio_per_layer if k not in used and not any(fnmatch.fnmatchcase(n.layer, k) for n in kg.graph.nodes)]
     if unknown:
         raise InvalidArgumentError(
-            f"ratio_per_layer names {unknown[0]!r}, which matches no layer of model {kg.model.name!r}"
+            f"ratio_per_layer names {unknown[0]!r}, which matches no layer of model {kg.graph.name!r}"
         )
     return out
 
@@ -193,9 +195,7 @@ def plan(
     >>> abs(p.settings["reached"] / p.settings["base"] - 0.5) < 0.01
     True
     """
-    if isinstance(model, KerasGraph) and model.options.get("prune_layer_norm", False) != prune_layer_norm:
-        model = model.model  # read again with the other option
-    kg = model if isinstance(model, KerasGraph) else from_keras(model, prune_layer_norm=prune_layer_norm)
+    kg = read_model(model, prune_layer_norm)
     analysis = analyse(kg.graph, fixed_nodes=_resolve_ignored(kg, ignored_layers))
     score_fn = _criteria.get(criterion)
     context = {}
@@ -203,6 +203,9 @@ def plan(
     if need:
         if data is None:
             raise InvalidArgumentError(f"criterion {criterion!r} needs data: pass data=... to spa.plan/prune")
+        if not isinstance(kg, KerasGraph):
+            raise InvalidArgumentError(f"criterion {criterion!r} needs gradients: it works on Keras models "
+                                       "(convert with spa.from_onnx first)")
         context["gradient"], context["fisher"] = kg.gradient_stats(data, loss)
     scores = score_fn(analysis, kg.weight, reduction=group_reduction, normalization=normalization, **context)
     options = dict(
@@ -228,18 +231,47 @@ def plan(
     return result
 
 
+def read_model(model, prune_layer_norm: bool = False):
+    """The standard channel graph of a ``keras.Model``, a ``.keras``/``.h5`` path, an ``onnx.ModelProto``
+    or a ``.onnx`` path (a graph already read passes through)."""
+    if isinstance(model, KerasGraph):
+        if model.options.get("prune_layer_norm", False) == prune_layer_norm:
+            return model
+        model = model.model  # read again with the other option
+    if isinstance(model, OnnxGraph):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if path.endswith(".onnx"):
+            return from_onnx_model(path)
+        from .io import load_model
+
+        model = load_model(path)
+    if type(model).__module__.startswith("onnx"):
+        return from_onnx_model(model)
+    return from_keras(model, prune_layer_norm=prune_layer_norm)
+
+
 def apply(plan_: PruningPlan):
-    """Write a plan out: a new, smaller ``keras.Model``; the original is not changed."""
+    """Write a plan out: a new, smaller ``keras.Model`` (or ``onnx.ModelProto`` for an ONNX model);
+    the original is not changed."""
     kg = getattr(plan_, "source", None)
     if kg is None:
-        raise InvalidArgumentError("this plan was not made by spa.plan from a Keras model; nothing to apply it to")
+        raise InvalidArgumentError("this plan was not made by spa.plan; there is no model to apply it to")
+    if isinstance(kg, OnnxGraph):
+        from .backends.onnx import apply_onnx_plan
+
+        return apply_onnx_plan(kg, plan_)
     return apply_plan(kg, plan_)
 
 
-def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bool = False, **kwargs):
-    """Remove channels for real: a new, smaller ``keras.Model`` with the same inputs and outputs.
+def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bool = False, output=None,
+          overwrite: bool = False, **kwargs):
+    """Remove channels for real: a new, smaller ``keras.Model`` with the same inputs and outputs (an
+    ``onnx.ModelProto`` when given an ONNX model or a ``.onnx`` path).
 
-    Takes every argument of :func:`plan`. ``steps`` > 1 prunes iteratively: the MACs (or parameters,
+    Takes every argument of :func:`plan`. ``output``: also save the result there (``.keras``, ``.h5``
+    or ``.onnx``), atomically; an existing file is kept unless ``overwrite=True``. ``steps`` > 1 prunes iteratively: the MACs (or parameters,
     with ``target_params``) fall in equal steps to where one-shot pruning would land, and the
     channels are scored again on the slimmer model between steps. With ``verbose=True`` prints the
     before/after table.
@@ -267,11 +299,25 @@ def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bo
             current = apply(step_plan)
         if verbose:
             print(f"{steps} steps: {counter.__name__[6:]} {base:,} -> {counter(step_plan.graph, step_plan):,}")
-        return current
+        return _save(current, output, overwrite)
     slim = apply(p)
     if verbose:
         print(Report.from_plan(p).table())
-    return slim
+    return _save(slim, output, overwrite)
+
+
+def _save(model, output, overwrite):
+    if output is None:
+        return model
+    if type(model).__module__.startswith("onnx"):
+        from .backends.onnx import save_onnx
+
+        save_onnx(model, os.fspath(output), overwrite)
+    else:
+        from .io import save_model
+
+        save_model(model, os.fspath(output), overwrite)
+    return model
 
 
 def _names(layers):
@@ -284,7 +330,7 @@ def _names(layers):
 class Inspection:
     """What spa_keras sees in a model: groups, widths, MACs, parameters, what is held fixed."""
 
-    def __init__(self, kg: KerasGraph):
+    def __init__(self, kg):
         self.graph = kg.graph
         self.analysis = analyse(kg.graph)
         self.macs = count_macs(kg.graph)
@@ -317,4 +363,4 @@ def inspect(model) -> Inspection:
     >>> print(spa.inspect(keras.applications.MobileNet(weights=None, input_shape=(64, 64, 3))))  # doctest: +ELLIPSIS
     model mobilenet_1.00_64: ...
     """
-    return Inspection(model if isinstance(model, KerasGraph) else from_keras(model))
+    return Inspection(read_model(model))

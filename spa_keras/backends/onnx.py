@@ -102,3 +102,23 @@ def save_onnx(model: onnx.ModelProto, path: str, overwrite: bool = False) -> str
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def run_onnx(model: onnx.ModelProto, inputs) -> list:
+    """Outputs of ``model`` in onnxruntime for ``inputs`` (an array, a list, or a dict by input name)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    if not isinstance(inputs, dict):
+        inputs = dict(zip(names, inputs if isinstance(inputs, (list, tuple)) else [inputs]))
+    return session.run(None, inputs)
+
+
+def verify_onnx(og: OnnxGraph, plan: PruningPlan, pruned: onnx.ModelProto, inputs, rtol: float = 1e-3) -> dict:
+    """The zero-channel oracle on onnxruntime: ``pruned`` against the zeroed full-width model."""
+    want = run_onnx(zeroed_onnx_copy(og, plan), inputs)
+    got = run_onnx(pruned, inputs)
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(want, got))
+    scale = max(float(np.max(np.abs(a))) for a in want)
+    return {"passed": bool(diff <= rtol * max(scale, 1e-6)), "max_abs_diff": diff, "scale": scale}

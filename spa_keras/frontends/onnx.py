@@ -133,7 +133,7 @@ class OnnxGraph:
             spec, out_axes = Spec("shape"), [None] * len(node.output)
         else:
             spec, out_axes = self._describe(node, dyn, in_axis)
-        name = node.name or f"{node.op_type}_{index}"
+        name = node.name or node.output[0]
         while name in self.protos:
             name += "_"
         out_ids = [self._tensor(o, a) for o, a in zip(node.output, out_axes)]
@@ -143,6 +143,9 @@ class OnnxGraph:
         for key, value in spec.params.items():
             axes, role, *tag = value
             params.append(Param(key, key, tuple(self.arrays[key].shape), dict(axes), role, tag[0] if tag else ""))
+        for x in node.input:  # other float constants still count as parameters
+            if x in self.arrays and x not in spec.params and np.issubdtype(self.arrays[x].dtype, np.floating):
+                params.append(Param(x, x, tuple(self.arrays[x].shape), {}, STAT))
         self.graph.add_node(Node(name, spec.kind, [self.tid[x] for x in dyn], out_ids, params, dict(spec.attrs),
                                  list(spec.macs), name, index))
         self.specs[name] = spec
@@ -241,7 +244,8 @@ class OnnxGraph:
             idx = self.arrays.get(node.input[1])
             dropped = 1 if idx is not None and np.ndim(idx) == 0 else 0
             return Spec("identity"), [axis - dropped if a < axis else axis]
-        return fixed(f"ONNX op {op} is not understood"), [None] * len(node.output)
+        rank_out = [len(self.shapes.get(o) or []) for o in node.output]
+        return fixed(f"ONNX op {op} is not understood"), [axis if r == rank_in else None for r in rank_out]
 
     def _conv(self, node, dyn):
         w = self.arrays.get(node.input[1])

@@ -51,6 +51,8 @@ def axis_elements(layouts, node: Node, param, axis: int) -> np.ndarray:
         lay = np.tile(lay, ref.tile)
     if ref.block:
         lay = lay[: param.shape[axis]]
+    if len(lay) == 0:  # a tensor whose channels could not be read (unknown width or axis): held
+        return np.zeros(param.shape[axis], np.int64)
     if len(lay) != param.shape[axis]:
         raise GraphError(
             f"{node.name}: parameter {param.name} has {param.shape[axis]} entries on axis {axis} "

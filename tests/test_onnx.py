@@ -1,0 +1,248 @@
+"""The ONNX bridge: ONNX graphs (built with onnx.helper, and exported from PyTorch where torch is
+installed) pruned with the same channel graph, checked with the zero-channel oracle on onnxruntime."""
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import spa_keras as spa
+from spa_keras.backends.onnx import run_onnx, verify_onnx
+from spa_keras.frontends.onnx import from_onnx_model
+from spa_keras.metrics import count_macs, count_params
+
+RNG = np.random.default_rng(0)
+
+
+def init(name, *shape, low=-0.5, high=0.5):
+    return numpy_helper.from_array(RNG.uniform(low, high, shape).astype("float32"), name)
+
+
+def make(nodes, inits, inputs, outputs, opset=17):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    onnx.checker.check_model(model)
+    return model
+
+
+def vin(name, *shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def conv_bn_relu(x, name, cin, cout, k=3, group=1, relu=True):
+    nodes = [
+        helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [f"{name}_c"], pads=[k // 2] * 4, group=group),
+        helper.make_node("BatchNormalization", [f"{name}_c", f"{name}_s", f"{name}_beta", f"{name}_m", f"{name}_v"],
+                         [f"{name}_bn"]),
+    ]
+    inits = [init(f"{name}_w", cout, cin // group, k, k), init(f"{name}_b", cout), init(f"{name}_s", cout, low=0.2, high=1),
+             init(f"{name}_beta", cout), init(f"{name}_m", cout), init(f"{name}_v", cout, low=0.5, high=2)]
+    out = f"{name}_bn"
+    if relu:
+        nodes.append(helper.make_node("Relu", [out], [f"{name}_r"]))
+        out = f"{name}_r"
+    return nodes, inits, out
+
+
+def check_onnx(model, ratio=0.5, **kw):
+    before = model.SerializeToString()
+    og = from_onnx_model(model)
+    plan = spa.plan(og, ratio=ratio, **kw)
+    slim = spa.apply(plan)
+    onnx.checker.check_model(slim)
+    shape = [d.dim_value or 2 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = RNG.standard_normal(shape).astype("float32")
+    v = verify_onnx(og, plan, slim, x)
+    assert v["passed"], v
+    assert [o.shape for o in run_onnx(slim, x)] == [o.shape for o in run_onnx(model, x)]
+    params = sum(int(np.prod(i.dims)) for i in slim.graph.initializer if i.data_type == TensorProto.FLOAT)
+    params += sum(int(np.prod(a.t.dims)) for n in slim.graph.node if n.op_type == "Constant" for a in n.attribute
+                  if a.name == "value" and a.t.data_type == TensorProto.FLOAT)
+    assert params == count_params(og.graph, plan)
+    if plan.n_removed:
+        assert count_macs(og.graph, plan) < count_macs(og.graph)
+    assert model.SerializeToString() == before, "the input model was changed"
+    return slim, plan
+
+
+def test_residual_depthwise_grouped_concat_split_flatten_gemm():
+    nodes, inits = [], []
+    for args in (("x", "stem", 3, 16), ("stem_r", "a", 16, 16), ("a_r", "b", 16, 16, 3, 1, False)):
+        n, i, _ = conv_bn_relu(*args)
+        nodes += n
+        inits += i
+    nodes += [helper.make_node("Add", ["stem_r", "b_bn"], ["res"]), helper.make_node("Relu", ["res"], ["res_r"])]
+    n, i, _ = conv_bn_relu("res_r", "dw", 16, 32, group=16)  # depthwise with multiplier 2
+    nodes, inits = nodes + n, inits + i
+    n, i, _ = conv_bn_relu("dw_r", "gr", 32, 24, group=4)  # grouped
+    nodes, inits = nodes + n, inits + i
+    inits.append(numpy_helper.from_array(np.array([8, 16], np.int64), "split_sizes"))
+    nodes += [
+        helper.make_node("Split", ["gr_r", "split_sizes"], ["s1", "s2"], axis=1),
+        helper.make_node("Concat", ["s2", "res_r", "s1"], ["cat"], axis=1),
+        helper.make_node("MaxPool", ["cat"], ["pool"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["pool"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["fc"], transB=1),
+        helper.make_node("Relu", ["fc"], ["fc_r"]),
+        helper.make_node("Gemm", ["fc_r", "out_w", "out_b"], ["y"], transB=1),
+    ]
+    inits += [init("fc_w", 20, 40 * 4 * 4), init("fc_b", 20), init("out_w", 5, 20), init("out_b", 5)]
+    model = make(nodes, inits, [vin("x", 2, 3, 8, 8)], [vin("y", 2, 5)])
+    slim, plan = check_onnx(model)
+    removed = plan.removed()
+    np.testing.assert_array_equal(removed["stem_c"], removed["b_c"])  # one residual group
+    assert len(removed["stem_c"]) == 8 and len(removed["dw_c"]) == 16
+    widths = {i.name: list(i.dims) for i in slim.graph.initializer}
+    assert widths["dw_w"] == [16, 1, 3, 3] and widths["gr_w"] == [12, 4, 3, 3]
+    assert [a.i for n in slim.graph.node if n.op_type == "Conv" and n.input[1] == "dw_w" for a in n.attribute
+            if a.name == "group"] == [8]
+    split = [n for n in slim.graph.node if n.op_type == "Split"][0]
+    sizes = numpy_helper.to_array([i for i in slim.graph.initializer if i.name == split.input[1]][0])
+    og_tensors = {t.name: t.id for t in plan.graph.tensors.values()}
+    assert list(sizes) == [plan.width(og_tensors["s1"]), plan.width(og_tensors["s2"])] and sum(sizes) == 12
+    assert widths["fc_w"] == [10, 20 * 4 * 4]
+
+
+def test_matmul_add_mlp_with_layernorm_and_reshape():
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Add", ["h", "b1"], ["hb"]),
+        helper.make_node("Relu", ["hb"], ["hr"]),
+        helper.make_node("MatMul", ["hr", "w2"], ["o"]),
+        helper.make_node("Add", ["o", "x"], ["res"]),
+        helper.make_node("LayerNormalization", ["res", "ln_s", "ln_b"], ["ln"], axis=-1),
+        helper.make_node("Transpose", ["ln"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("ReduceMean", ["t"], ["pooled"], axes=[2], keepdims=0),
+        helper.make_node("Unsqueeze", ["pooled", "ax"], ["u"]),
+        helper.make_node("Squeeze", ["u", "ax"], ["sq"]),
+        helper.make_node("MatMul", ["sq", "w3"], ["y"]),
+    ]
+    inits = [init("w1", 8, 32), init("b1", 32), init("w2", 32, 8), init("ln_s", 8), init("ln_b", 8), init("w3", 8, 3),
+             numpy_helper.from_array(np.array([2], np.int64), "ax")]
+    model = make(nodes, inits, [vin("x", 2, 5, 8)], [vin("y", 2, 3)], opset=17)
+    slim, plan = check_onnx(model)
+    assert set(plan.removed()) == {"h", "hb", "hr"}  # the stream through LayerNorm is held
+    w1 = [i for i in slim.graph.initializer if i.name == "w1"][0]
+    assert list(w1.dims) == [8, 16]
+
+
+def test_prune_onnx_path_writes_and_onnxruntime_runs(tmp_path):
+    n, i, out = conv_bn_relu("x", "c1", 3, 8)
+    n2, i2, out2 = conv_bn_relu(out, "c2", 8, 4, relu=False)
+    model = make(n + n2, i + i2, [vin("x", 1, 3, 6, 6)], [vin(out2, 1, 4, 6, 6)])
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    dst = tmp_path / "slim.onnx"
+    slim = spa.prune(str(src), ratio=0.5, output=str(dst))
+    assert isinstance(slim, onnx.ModelProto) and dst.exists()
+    back = onnx.load(dst)
+    assert run_onnx(back, np.zeros((1, 3, 6, 6), "float32"))[0].shape == (1, 4, 6, 6)
+    with pytest.raises(spa.InvalidArgumentError, match="exists"):
+        spa.prune(str(src), ratio=0.5, output=str(dst))
+    assert "c1_c" in str(spa.inspect(str(src)))
+
+
+def test_bad_onnx_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(spa.UnsupportedModelError, match="bad.onnx"):
+        spa.prune(str(bad))
+    with pytest.raises(spa.InvalidArgumentError, match="does not exist"):
+        spa.prune(str(tmp_path / "missing.onnx"))
+
+
+def test_unknown_op_is_held_fixed_and_reported():
+    n, i, out = conv_bn_relu("x", "c1", 3, 8)
+    nodes = n + [helper.make_node("LRN", [out], ["lrn"], size=3)]
+    n2, i2, out2 = conv_bn_relu("lrn", "c2", 8, 8)
+    n3, i3, out3 = conv_bn_relu(out2, "c3", 8, 2, relu=False)
+    model = make(nodes + n2 + n3, i + i2 + i3, [vin("x", 1, 3, 6, 6)], [vin(out3, 1, 2, 6, 6)])
+    slim, plan = check_onnx(model)
+    report = spa.Report.from_plan(plan)
+    assert any("LRN" in h["reason"] for h in report.held_fixed)
+    assert "c1_c" not in plan.removed() and "c2_c" in plan.removed()
+
+
+# ---- PyTorch exports -------------------------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+class Residual(nn.Module):
+    def __init__(self, c=16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.body(x))
+        return self.head(x.mean((2, 3)))
+
+
+class DepthwiseSE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(3, 24, 1), nn.BatchNorm2d(24), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.BatchNorm2d(24), nn.Hardswish())
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(24, 6, 1), nn.ReLU(), nn.Conv2d(6, 24, 1),
+                                nn.Hardsigmoid())
+        self.project = nn.Conv2d(24, 16, 1)
+        self.branch = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(24 * 4 * 4, 5)
+
+    def forward(self, x):
+        y = self.dw(self.expand(x))
+        y = self.project(y * self.se(y))
+        y = torch.cat([y, torch.relu(self.branch(x))], 1)
+        y = nn.functional.adaptive_avg_pool2d(y, 4)
+        return self.fc(torch.flatten(y, 1))
+
+
+class Attention(nn.Module):
+    def __init__(self, d=16):
+        super().__init__()
+        self.embed = nn.Linear(6, d)
+        self.attn = nn.MultiheadAttention(d, 4, batch_first=True)
+        self.norm = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 32), nn.GELU(), nn.Linear(32, d))
+        self.out = nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        x = x + self.mlp(self.norm(x))
+        return self.out(x.mean(1))
+
+
+def export(module, shape, dynamo):
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    module.eval()
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.bias.data.uniform_(-0.5, 0.5)
+    x = torch.randn(*shape)
+    f = io.BytesIO()
+    torch.onnx.export(module, (x,), f, dynamo=dynamo, input_names=["x"], output_names=["y"],
+                      **({} if dynamo else {"opset_version": 17}))
+    model = onnx.load_from_string(f.getvalue())
+    np.testing.assert_allclose(run_onnx(model, x.numpy())[0], module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    return model
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("module,shape", [(Residual, (2, 3, 8, 8)), (DepthwiseSE, (2, 3, 8, 8)),
+                                          (Attention, (2, 5, 6))])
+def test_pytorch_exports_prune_and_pass_the_oracle(module, shape, dynamo):
+    torch.manual_seed(0)
+    model = export(module(), shape, dynamo)
+    slim, plan = check_onnx(model)
+    assert plan.n_removed > 0
