@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from .errors import InvalidArgumentError, UnsupportedModelError
+from ..errors import InvalidArgumentError, UnsupportedModelError
 
 
 def load_model(path: str):
@@ -41,3 +41,34 @@ def save_model(model, path: str, overwrite: bool = False) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def from_onnx(path_or_model, channels_last_inputs: bool = False):
+    """A Keras model computing what an ONNX model computes (a path or an ``onnx.ModelProto``).
+
+    Built from Keras' own layers and ``keras.ops``: it saves and loads as ``.keras`` with no custom
+    objects, exports as a SavedModel, and prunes like any Keras model. It takes and returns tensors in
+    the ONNX model's layout (NCHW); ``channels_last_inputs=True`` makes its image inputs NHWC.
+
+    >>> # keras_model = spa.from_onnx("resnet18.onnx")
+    """
+    from ..frontends.onnx import load_onnx
+    from .onnx_to_keras import onnx_to_keras
+
+    return onnx_to_keras(load_onnx(path_or_model), channels_last_inputs)
+
+
+def to_onnx(model, path: str | None = None, opset: int = 17, overwrite: bool = False):
+    """Convert a Keras model to ONNX (tf2onnx); saved atomically to ``path`` when given. Returns the
+    ``onnx.ModelProto``.
+
+    >>> # spa.to_onnx(slim, "slim.onnx")
+    """
+    from .keras_to_onnx import keras_to_onnx
+
+    proto = keras_to_onnx(model, opset)
+    if path is not None:
+        from ..backends.onnx import save_onnx
+
+        save_onnx(proto, path, overwrite)
+    return proto
