@@ -246,3 +246,60 @@ def test_pytorch_exports_prune_and_pass_the_oracle(module, shape, dynamo):
     model = export(module(), shape, dynamo)
     slim, plan = check_onnx(model)
     assert plan.n_removed > 0
+
+
+# ---- the bridge to Keras and back -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("module,shape", [(Residual, (2, 3, 8, 8)), (DepthwiseSE, (2, 3, 8, 8)),
+                                          (Attention, (2, 5, 6))])
+def test_from_onnx_matches_onnxruntime_saves_and_prunes(module, shape, dynamo, tmp_path):
+    import keras
+
+    torch.manual_seed(0)
+    model = export(module(), shape, dynamo)
+    k = spa.from_onnx(model)
+    x = RNG.standard_normal(shape).astype("float32")
+    np.testing.assert_allclose(np.asarray(k(x)), run_onnx(model, x)[0], rtol=1e-4, atol=1e-5)
+    path = str(tmp_path / "m.keras")
+    k.save(path)
+    back = keras.saving.load_model(path)
+    np.testing.assert_allclose(np.asarray(back(x)), np.asarray(k(x)), rtol=1e-6, atol=1e-6)
+    slim = spa.prune(k, ratio=0.5)
+    assert slim.count_params() < k.count_params()
+
+
+def test_pytorch_to_onnx_to_pruned_keras_to_savedmodel(tmp_path):
+    import tensorflow as tf
+
+    torch.manual_seed(0)
+    module = DepthwiseSE()
+    model = export(module, (2, 3, 8, 8), False)
+    x = RNG.standard_normal((2, 3, 8, 8)).astype("float32")
+    ref = module(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(run_onnx(model, x)[0], ref, rtol=1e-4, atol=1e-5)  # torch == onnx
+    og = from_onnx_model(model)
+    plan = spa.plan(og, ratio=0.5)
+    slim_onnx = spa.apply(plan)
+    assert verify_onnx(og, plan, slim_onnx, x)["passed"]  # pruned == zeroed, in onnxruntime
+    k = spa.from_onnx(slim_onnx)
+    np.testing.assert_allclose(np.asarray(k(x)), run_onnx(slim_onnx, x)[0], rtol=1e-4, atol=1e-5)  # keras == onnx
+    k.export(str(tmp_path / "sm"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    out = list(served(tf.constant(x)).values())[0].numpy()
+    np.testing.assert_allclose(out, np.asarray(k(x)), rtol=1e-5, atol=1e-6)  # savedmodel == keras
+
+
+def test_to_onnx_handles_exact_gelu_and_matches():
+    import keras
+    from keras import layers as L
+
+    inp = keras.Input((6,))
+    x = L.Dense(16, activation=keras.activations.gelu)(inp)  # exact GELU: TensorFlow writes Erfc
+    model = keras.Model(inp, L.Dense(3)(x))
+    proto = spa.to_onnx(model)
+    onnx.checker.check_model(proto)
+    assert "Erf" in {n.op_type for n in proto.graph.node}, "Erfc was rewritten as 1 - Erf"
+    data = RNG.standard_normal((4, 6)).astype("float32")
+    np.testing.assert_allclose(run_onnx(proto, data)[0], np.asarray(model(data)), rtol=1e-4, atol=1e-5)
