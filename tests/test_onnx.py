@@ -128,6 +128,44 @@ def test_matmul_add_mlp_with_layernorm_and_reshape():
     assert list(w1.dims) == [8, 16]
 
 
+def test_instance_norm_pad_resize_slice_erf_reshape():
+    n, i, out = conv_bn_relu("x", "c1", 3, 8)
+    nodes = n + [
+        helper.make_node("InstanceNormalization", [out, "in_s", "in_b"], ["inorm"]),
+        helper.make_node("Pad", ["inorm", "pads"], ["padded"], mode="constant"),
+        helper.make_node("Resize", ["padded", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Slice", ["up", "starts", "ends", "axes"], ["sl"]),
+        helper.make_node("Div", ["sl", "sqrt2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["e1"]),
+        helper.make_node("Mul", ["sl", "e1"], ["m"]),
+        helper.make_node("Mul", ["m", "half"], ["gelu"]),
+        helper.make_node("Conv", ["gelu", "c2_w"], ["c2"]),
+        helper.make_node("Reshape", ["c2", "shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "fc"], ["y"]),
+    ]
+    inits = i + [
+        init("in_s", 8, low=0.5, high=1.5), init("in_b", 8),
+        numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+        numpy_helper.from_array(np.array([1, 1], np.int64), "starts"),
+        numpy_helper.from_array(np.array([9, 9], np.int64), "ends"),
+        numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+        numpy_helper.from_array(np.array(1.4142135, np.float32), "sqrt2"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        init("c2_w", 6, 8, 1, 1),
+        numpy_helper.from_array(np.array([1, 6 * 8 * 8], np.int64), "shape"),
+        init("fc", 6 * 8 * 8, 4),
+    ]
+    model = make(nodes, inits, [vin("x", 1, 3, 6, 6)], [vin("y", 1, 4)])
+    slim, plan = check_onnx(model)
+    removed = plan.removed()
+    assert len(removed["c1_c"]) == 4 and len(removed["c2"]) == 3
+    shape = [numpy_helper.to_array(t) for t in slim.graph.initializer if t.name.startswith("shape")]
+    assert [list(a) for a in shape] == [[1, 3 * 8 * 8]], "the explicit width in the Reshape was rewritten"
+
+
 def test_prune_onnx_path_writes_and_onnxruntime_runs(tmp_path):
     n, i, out = conv_bn_relu("x", "c1", 3, 8)
     n2, i2, out2 = conv_bn_relu(out, "c2", 8, 4, relu=False)
@@ -303,3 +341,13 @@ def test_to_onnx_handles_exact_gelu_and_matches():
     assert "Erf" in {n.op_type for n in proto.graph.node}, "Erfc was rewritten as 1 - Erf"
     data = RNG.standard_normal((4, 6)).astype("float32")
     np.testing.assert_allclose(run_onnx(proto, data)[0], np.asarray(model(data)), rtol=1e-4, atol=1e-5)
+
+
+def test_pruned_onnx_loads_back_into_pytorch_with_onnx2torch():
+    onnx2torch = pytest.importorskip("onnx2torch")  # needs torchvision: torch 2.14.1 + torchvision 0.29.1
+    torch.manual_seed(0)
+    model = export(Residual(), (2, 3, 8, 8), False)
+    slim = spa.prune(model, ratio=0.5)
+    back = onnx2torch.convert(slim)
+    x = RNG.standard_normal((2, 3, 8, 8)).astype("float32")
+    np.testing.assert_allclose(back(torch.from_numpy(x)).detach().numpy(), run_onnx(slim, x)[0], rtol=1e-4, atol=1e-5)
