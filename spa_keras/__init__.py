@@ -22,6 +22,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "prune", "plan", "apply", "inspect", "Inspection", "PruningPlan", "Report", "register_layer", "LayerSpec",
-    "AxisRef", "callbacks", "PruningCallback", "GroupSparsity", "strip", "finetune", "from_onnx", "to_onnx",
+    "AxisRef", "callbacks", "PruningCallback", "GroupSparsity", "strip", "finetune", "from_onnx", "to_onnx", "datasets",
     "PruningError", "InvalidArgumentError", "RebuildError", "UnsupportedModelError",
 ]

@@ -307,6 +307,7 @@ def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bo
 
 
 def _save(model, output, overwrite):
+    """Save a Keras or ONNX model to ``output`` atomically (nothing when ``output`` is None)."""
     if output is None:
         return model
     if type(model).__module__.startswith("onnx"):

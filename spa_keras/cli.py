@@ -17,10 +17,10 @@ def _parser():
     p = argparse.ArgumentParser(prog="spa-keras", description="Structured pruning for Keras 3 models.")
     sub = p.add_subparsers(dest="command", required=True)
     i = sub.add_parser("inspect", help="groups, widths, MACs, parameters and what is held fixed")
-    i.add_argument("model", help="a .keras or .h5 file")
+    i.add_argument("model", help="a .keras, .h5 or .onnx file")
     pr = sub.add_parser("prune", help="prune a model and save the slim one")
-    pr.add_argument("model", help="a .keras or .h5 file")
-    pr.add_argument("-o", "--output", required=True, help="where to save the slim model (.keras)")
+    pr.add_argument("model", help="a .keras, .h5 or .onnx file")
+    pr.add_argument("-o", "--output", required=True, help="where to save the slim model (.keras, .h5 or .onnx)")
     pr.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     d = sub.add_parser("demo", help="prune a keras.applications model built with weights=None")
     d.add_argument("--model", default="ResNet50", help="a keras.applications constructor (default ResNet50)")
@@ -48,19 +48,21 @@ def _options(args) -> dict:
 
 def _run(args) -> int:
     import spa_keras as spa
-    from spa_keras.io import load_model, save_model
+    from spa_keras.api import _save, read_model
 
     if args.command == "inspect":
-        print(spa.inspect(load_model(args.model)))
+        print(spa.inspect(read_model(args.model)))
         return 0
     if args.command == "prune":
         if os.path.exists(args.output) and not args.force:
             raise spa.InvalidArgumentError(f"{args.output!r} exists; pass --force to overwrite it")
-        model = load_model(args.model)
-        plan = spa.plan(model, **_options(args))
+        if args.output.endswith(".onnx") != args.model.endswith(".onnx"):
+            raise spa.InvalidArgumentError("the output must be of the input's kind (.onnx -> .onnx, Keras -> .keras/.h5); "
+                                           "convert with spa.from_onnx / spa.to_onnx")
+        plan = spa.plan(read_model(args.model), **_options(args))
         slim = spa.apply(plan)
         print(spa.Report.from_plan(plan).table())
-        save_model(slim, args.output, overwrite=args.force)
+        _save(slim, args.output, args.force)
         print(f"saved {args.output}")
         return 0
     if args.command == "demo":

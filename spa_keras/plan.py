@@ -24,7 +24,7 @@ class PruningPlan:
     def __init__(self, analysis: Analysis, removed_classes: np.ndarray, settings: dict | None = None):
         self.analysis = analysis
         self.graph = analysis.graph
-        self.removed_classes = np.asarray(removed_classes, bool)
+        self.removed_classes = np.array(removed_classes, bool)
         self.removed_classes[analysis.fixed_class] = False
         self.settings = dict(settings or {})
         self._element_removed = self.removed_classes[analysis.class_of]

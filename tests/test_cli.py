@@ -59,3 +59,25 @@ def test_bad_input_exits_2_with_a_message(tmp_path):
     assert r.returncode == 2 and "bad.keras" in r.stderr
     r = run("demo", "--model", "MobileNetV2", "--size", "32", "--ratio", "1.5")
     assert r.returncode == 2 and "ratio" in r.stderr
+
+
+def test_prune_an_onnx_file(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype("float32"), n)
+             for n, s in (("w1", (8, 3, 3, 3)), ("w2", (4, 8, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], inits)
+    src = str(tmp_path / "m.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), src)
+    out = str(tmp_path / "slim.onnx")
+    r = run("prune", src, "-o", out, "--ratio", "0.5")
+    assert r.returncode == 0, r.stderr
+    w1 = [i for i in onnx.load(out).graph.initializer if i.name == "w1"][0]
+    assert list(w1.dims) == [4, 3, 3, 3]
+    r = run("prune", src, "-o", str(tmp_path / "slim.keras"))
+    assert r.returncode == 2 and "kind" in r.stderr

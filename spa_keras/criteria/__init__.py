@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 
 from ..errors import InvalidArgumentError
 from .base import NORMALIZATIONS, REDUCTIONS, normalize, reduce_scores, slice_scores

@@ -42,6 +42,20 @@ def _attr(node, name, default=None):
     return default
 
 
+def inferred_graph(model: onnx.ModelProto):
+    """The graph after ONNX shape inference, and ``{tensor name: [dims]}`` (None for unknown dims)."""
+    try:
+        g = shape_inference.infer_shapes(model).graph
+    except Exception as e:  # noqa: BLE001
+        raise UnsupportedModelError(f"ONNX shape inference failed on model {model.graph.name!r}: {e}") from e
+    shapes = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return g, shapes
+
+
 def fixed(reason: str, macs: float = 0.0) -> Spec:
     return Spec("fixed", attrs={"reason": reason}, macs=[(float(macs), [])] if macs else [])
 
@@ -56,16 +70,7 @@ class OnnxGraph:
 
     def __init__(self, model: onnx.ModelProto):
         self.model = model
-        try:
-            inferred = shape_inference.infer_shapes(model)
-        except Exception as e:  # noqa: BLE001
-            raise UnsupportedModelError(f"ONNX shape inference failed on model {model.graph.name!r}: {e}") from e
-        g = inferred.graph
-        self.shapes = {}
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            t = vi.type.tensor_type
-            if t.HasField("shape"):
-                self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        g, self.shapes = inferred_graph(model)
         self.arrays = {i.name: numpy_helper.to_array(i) for i in g.initializer}
         for node in g.node:
             if node.op_type == "Constant" and _attr(node, "value") is not None:

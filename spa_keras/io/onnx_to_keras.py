@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import numpy_helper
 
 from ..errors import UnsupportedModelError
+from ..frontends.onnx import inferred_graph
 
 NHWC, NATIVE = "nhwc", "native"
 
@@ -34,13 +35,7 @@ class _Converter:
 
         self.k = keras
         self.L = keras.layers
-        inferred = shape_inference.infer_shapes(model)
-        g = inferred.graph
-        self.shapes = {}
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            t = vi.type.tensor_type
-            if t.HasField("shape"):
-                self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        g, self.shapes = inferred_graph(model)
         self.consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
         self.t = {}  # onnx name -> (keras tensor, layout)
         self.inputs = []
