@@ -34,9 +34,9 @@ def build(seed=0):
     x = inp
     for i, width in enumerate((32, 64, 96)):
         x = L.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}a")(x)
-        x = L.ReLU()(L.BatchNormalization()(x))
+        x = L.ReLU()(L.BatchNormalization(momentum=0.9)(x))
         y = L.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}b")(x)
-        y = L.BatchNormalization()(y)
+        y = L.BatchNormalization(momentum=0.9)(y)
         x = L.ReLU()(L.Add()([x, y]))
         if i < 2:
             x = L.MaxPooling2D()(x)
