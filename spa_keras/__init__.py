@@ -9,7 +9,7 @@ from . import callbacks
 from .api import Inspection, apply, inspect, plan, prune
 from .callbacks import GroupSparsity, PruningCallback, strip
 from . import datasets
-from .io import from_onnx, to_onnx
+from .io import export_for_serving, from_onnx, to_onnx
 from .finetune import finetune
 from .frontends.keras import Spec as LayerSpec
 from .frontends.keras import register_layer
@@ -22,6 +22,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "prune", "plan", "apply", "inspect", "Inspection", "PruningPlan", "Report", "register_layer", "LayerSpec",
-    "AxisRef", "callbacks", "PruningCallback", "GroupSparsity", "strip", "finetune", "from_onnx", "to_onnx", "datasets",
+    "AxisRef", "callbacks", "PruningCallback", "GroupSparsity", "strip", "finetune", "from_onnx", "to_onnx", "export_for_serving", "datasets",
     "PruningError", "InvalidArgumentError", "RebuildError", "UnsupportedModelError",
 ]

@@ -72,3 +72,47 @@ def to_onnx(model, path: str | None = None, opset: int = 17, overwrite: bool = F
 
         save_onnx(proto, path, overwrite)
     return proto
+
+
+def export_for_serving(model, base_dir: str, version: int | None = None) -> str:
+    """Export ``model`` as a SavedModel in the TF Serving layout, ``base_dir/<version>/``.
+
+    The version defaults to one more than the largest already there (1 for a new folder); an existing
+    version is never overwritten. The ``serving_default`` signature takes the model's input names and
+    returns its output names. Written under a temporary name, then renamed. Returns the version folder.
+
+    >>> # spa.export_for_serving(slim, "models/my_model")   # -> models/my_model/1
+    """
+    import shutil
+
+    import keras
+    import tensorflow as tf
+
+    os.makedirs(base_dir, exist_ok=True)
+    versions = [int(d) for d in os.listdir(base_dir) if d.isdigit()]
+    if version is None:
+        version = max(versions, default=0) + 1
+    if int(version) != version or version < 1:
+        raise InvalidArgumentError(f"version must be a positive integer, got {version!r}")
+    target = os.path.join(base_dir, str(int(version)))
+    if os.path.exists(target):
+        raise InvalidArgumentError(f"{target!r} exists: TF Serving versions are never overwritten; pick another")
+    in_names = [x.name.split(":")[0] for x in model.inputs]
+    out_names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
+    spec = [tf.TensorSpec(x.shape, x.dtype, name=n) for x, n in zip(model.inputs, in_names)]
+
+    def serve(*args):
+        outs = model(list(args) if len(args) > 1 else args[0], training=False)
+        return dict(zip(out_names, keras.tree.flatten(outs)))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve, input_signature=spec)
+    tmp = tempfile.mkdtemp(prefix=".spa-", dir=base_dir)
+    try:
+        archive.write_out(tmp, verbose=False)
+        os.rename(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    return target
