@@ -182,6 +182,19 @@ def test_prune_onnx_path_writes_and_onnxruntime_runs(tmp_path):
     assert "c1_c" in str(spa.inspect(str(src)))
 
 
+def test_macs_by_hand_and_weights_behind_identity_nodes():
+    n, i, out = conv_bn_relu("x", "c1", 3, 8)
+    n2, i2, out2 = conv_bn_relu(out, "c2", 8, 4, relu=False)
+    n2[0].input[1] = "c2_w_alias"  # PyTorch's TorchScript exporter passes some weights through Identity
+    nodes = [helper.make_node("Identity", ["c2_w"], ["c2_w_alias"])] + n + n2
+    model = make(nodes, i + i2, [vin("x", 1, 3, 6, 6)], [vin(out2, 1, 4, 6, 6)])
+    og = from_onnx_model(model)
+    assert count_macs(og.graph) == 36 * 9 * 3 * 8 + 36 * 9 * 8 * 4
+    slim, plan = check_onnx(model)
+    w = [t for t in slim.graph.initializer if t.name == "c2_w"][0]
+    assert list(w.dims) == [4, 4, 3, 3]
+
+
 def test_bad_onnx_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00garbage")

@@ -10,6 +10,7 @@ comes from its producer: axis 1 after convolutions, batch norms and pooling (NCH
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -42,6 +43,26 @@ def _attr(node, name, default=None):
     return default
 
 
+def _without_constant_identities(model: onnx.ModelProto) -> onnx.ModelProto:
+    """PyTorch's TorchScript exporter passes some weights through ``Identity`` nodes; read them as the
+    initializers they are (a copy of the model is rewired; the input model is not touched)."""
+    inits = {i.name for i in model.graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity" and n.input[0] in inits}
+    outputs = {o.name for o in model.graph.output}
+    alias = {k: v for k, v in alias.items() if k not in outputs}
+    if not alias:
+        return model
+    model = copy.deepcopy(model)
+    keep = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    for n in model.graph.node:
+        for i, x in enumerate(n.input):
+            if x in alias:
+                n.input[i] = alias[x]
+    return model
+
+
 def inferred_graph(model: onnx.ModelProto):
     """The graph after ONNX shape inference, and ``{tensor name: [dims]}`` (None for unknown dims)."""
     try:
@@ -69,6 +90,7 @@ class OnnxGraph:
     """
 
     def __init__(self, model: onnx.ModelProto):
+        model = _without_constant_identities(model)
         self.model = model
         g, self.shapes = inferred_graph(model)
         self.arrays = {i.name: numpy_helper.to_array(i) for i in g.initializer}
@@ -117,8 +139,10 @@ class OnnxGraph:
     def _is_const(self, name) -> bool:
         return name in self.arrays
 
-    def _spatial(self, name) -> int:
-        shape, axis = self.shapes.get(name) or [], self.axis.get(name)
+    def _spatial(self, name, axis=None) -> int:
+        """Product of the dimensions other than batch and ``axis`` (default: the tensor's channel axis)."""
+        shape = self.shapes.get(name) or []
+        axis = self.axis.get(name) if axis is None else axis
         n = 1
         for i, d in enumerate(shape[1:], start=1):
             if i != axis:
@@ -260,8 +284,11 @@ class OnnxGraph:
         o, ig = w.shape[:2]
         cin = ig * g
         ks = int(np.prod(w.shape[2:]))
-        sp = self._spatial(node.output[0])
-        bias = {node.input[2]: ({0: OUT}, BIAS)} if len(node.input) > 2 and node.input[2] else {}
+        sp = self._spatial(node.output[0], axis=1)
+        has_bias = len(node.input) > 2 and node.input[2]
+        if has_bias and node.input[2] not in self.arrays:
+            return fixed("Conv with a computed bias")
+        bias = {node.input[2]: ({0: OUT}, BIAS)} if has_bias else {}
         if g == 1:
             return Spec("linear", {node.input[1]: ({0: OUT, 1: IN}, WEIGHT), **bias}, {}, [(sp * ks, [IN, OUT])])
         if ig == 1 and g == cin:
@@ -292,7 +319,8 @@ class OnnxGraph:
                 params[node.input[2]] = ({0: OUT}, BIAS)
             elif c.size != 1:
                 return fixed("Gemm with a 2-D bias"), [1]
-        return Spec("linear", params, {}, [(self._spatial(node.output[0]), [IN, OUT])]), [last]
+        rank_out = len(self.shapes.get(node.output[0]) or [rank_in])
+        return Spec("linear", params, {}, [(self._spatial(node.output[0], axis=rank_out - 1), [IN, OUT])]), [last]
 
     def _const_along(self, name, axis, rank_out, channels):
         """The axis of constant ``name`` that broadcasts along the channel axis, -1 if it has extent 1
