@@ -19,7 +19,7 @@ from .graph import analyse
 from .metrics import count_macs, count_params
 from .plan import PruningPlan, select
 from .criteria import normalize
-from .report import Report
+from .report import Report, held_fixed
 
 
 def _resolve_ignored(kg: KerasGraph, ignored_layers) -> set:
@@ -336,9 +336,7 @@ class Inspection:
         self.analysis = analyse(kg.graph)
         self.macs = count_macs(kg.graph)
         self.params = count_params(kg.graph)
-        self.held_fixed = [
-            dict(layer=n.layer, reason=n.attrs.get("reason", "")) for n in kg.graph.nodes if n.kind == "fixed"
-        ]
+        self.held_fixed = held_fixed(kg.graph)
         self.groups = self.analysis.groups
 
     def __str__(self):

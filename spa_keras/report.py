@@ -8,6 +8,11 @@ from .metrics import count_macs, count_params, node_macs
 from .plan import PruningPlan
 
 
+def held_fixed(graph) -> list:
+    """``[{"layer", "reason"}]`` for every op held fixed (not understood, or not prunable by nature)."""
+    return [dict(layer=n.layer, reason=n.attrs.get("reason", "")) for n in graph.nodes if n.kind == "fixed"]
+
+
 @dataclass
 class Report:
     """Totals and per-layer rows (``layer, width_before, width_after, macs_before, macs_after``), plus
@@ -42,10 +47,8 @@ class Report:
                     macs_after=int(node_macs(g, node, plan)),
                 )
             )
-        held = [
-            dict(layer=n.layer, reason=n.attrs.get("reason", "")) for n in g.nodes if n.kind == "fixed"
-        ]
-        return cls(g.name, count_macs(g), count_macs(g, plan), count_params(g), count_params(g, plan), rows, held)
+        return cls(g.name, count_macs(g), count_macs(g, plan), count_params(g), count_params(g, plan), rows,
+                   held_fixed(g))
 
     def to_dict(self) -> dict:
         return dict(

@@ -4,14 +4,12 @@ sizes, re-infer shapes and check the result with ``onnx.checker``. The input mod
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 
 import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from ..errors import InvalidArgumentError, RebuildError
+from ..errors import RebuildError
 from ..frontends.onnx import OnnxGraph
 from ..plan import PruningPlan
 from .keras import zero_writers
@@ -89,19 +87,9 @@ def zeroed_onnx_copy(og: OnnxGraph, plan: PruningPlan) -> onnx.ModelProto:
 
 def save_onnx(model: onnx.ModelProto, path: str, overwrite: bool = False) -> str:
     """Write ``model`` to ``path`` atomically (a temporary name in the same folder, then a rename)."""
-    if os.path.exists(path) and not overwrite:
-        raise InvalidArgumentError(f"{path!r} exists; pass overwrite=True (--force) to replace it")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".spa-", suffix=".onnx", dir=folder)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    from ..io import atomic_write
+
+    return atomic_write(path, lambda tmp: onnx.save(model, tmp), overwrite, (".onnx",))
 
 
 def run_onnx(model: onnx.ModelProto, inputs) -> list:

@@ -23,24 +23,29 @@ def load_model(path: str):
         raise UnsupportedModelError(f"could not load {path!r} as a Keras model: {e}") from e
 
 
-def save_model(model, path: str, overwrite: bool = False) -> str:
-    """Save ``model`` to ``path`` (``.keras`` or ``.h5``) atomically: written under a temporary name
-    in the same folder, then renamed, so ``path`` is either absent, the old file, or complete."""
+def atomic_write(path: str, write, overwrite: bool = False, suffixes=None) -> str:
+    """Call ``write(tmp_path)`` for a temporary file in ``path``'s folder, then rename it to ``path``:
+    ``path`` is either absent, the old file, or complete, whatever happens during the write."""
+    if suffixes and not path.endswith(tuple(suffixes)):
+        raise InvalidArgumentError(f"{path!r}: the output must end in {' or '.join(suffixes)}")
     if os.path.exists(path) and not overwrite:
         raise InvalidArgumentError(f"{path!r} exists; pass overwrite=True (--force) to replace it")
-    if not path.endswith((".keras", ".h5")):
-        raise InvalidArgumentError(f"{path!r}: the output must end in .keras or .h5")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".spa-", suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     try:
-        model.save(tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def save_model(model, path: str, overwrite: bool = False) -> str:
+    """Save ``model`` to ``path`` (``.keras`` or ``.h5``) atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, model.save, overwrite, (".keras", ".h5"))
 
 
 def from_onnx(path_or_model, channels_last_inputs: bool = False):
