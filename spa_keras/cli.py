@@ -27,7 +27,7 @@ def _parser():
     d.add_argument("--size", type=int, default=224, help="input size (default 224)")
     for q in (pr, d):
         q.add_argument("--ratio", type=float, default=0.5, help="fraction of channels to remove per group")
-        q.add_argument("--criterion", default="l2", help="l1, l2 or random")
+        q.add_argument("--criterion", default="l2", help="l2, l1, lamp, bn_scale, fpgm or random")
         q.add_argument("--global-pruning", action="store_true", help="rank channels across groups")
         q.add_argument("--round-to", type=int, default=1, help="round kept widths to a multiple of this")
         q.add_argument("--max-ratio", type=float, default=1.0, help="the most any group may lose")
