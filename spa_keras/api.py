@@ -231,6 +231,11 @@ def plan(
     return result
 
 
+def _is_onnx(model) -> bool:
+    """An ``onnx.ModelProto`` (checked by module, so that ONNX is not imported for Keras models)."""
+    return type(model).__module__.startswith("onnx")
+
+
 def read_model(model, prune_layer_norm: bool = False):
     """The standard channel graph of a ``keras.Model``, a ``.keras``/``.h5`` path, an ``onnx.ModelProto``
     or a ``.onnx`` path (a graph already read passes through)."""
@@ -247,7 +252,7 @@ def read_model(model, prune_layer_norm: bool = False):
         from .io import load_model
 
         model = load_model(path)
-    if type(model).__module__.startswith("onnx"):
+    if _is_onnx(model):
         return from_onnx_model(model)
     return from_keras(model, prune_layer_norm=prune_layer_norm)
 
@@ -310,7 +315,7 @@ def _save(model, output, overwrite):
     """Save a Keras or ONNX model to ``output`` atomically (nothing when ``output`` is None)."""
     if output is None:
         return model
-    if type(model).__module__.startswith("onnx"):
+    if _is_onnx(model):
         from .backends.onnx import save_onnx
 
         save_onnx(model, os.fspath(output), overwrite)

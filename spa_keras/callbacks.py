@@ -20,7 +20,7 @@ from .errors import InvalidArgumentError
 from .frontends.keras import from_keras
 from .graph import BIAS, WEIGHT, analyse
 from .metrics import count_macs
-from .plan import PruningPlan, _GroupIndex
+from .plan import PruningPlan, GroupIndex
 
 SCHEDULES = ("constant", "linear", "polynomial")
 
@@ -209,7 +209,7 @@ def strip(model) -> keras.Model:
     zero = (count > 0) & (peak == 0)
     zero[a.fixed_class] = False
     removed = np.zeros(a.n_classes, bool)
-    index = _GroupIndex(a)
+    index = GroupIndex(a)
     for g in a.groups:
         candidates = g.classes[zero[g.classes]]
         removed[index.limit(g.id, candidates, min(len(candidates), g.size - 1))] = True

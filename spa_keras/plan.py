@@ -96,8 +96,9 @@ def _check_fraction(name, value, upper_open=True):
     return v
 
 
-class _GroupIndex:
-    """Per group, its elements' classes and spaces, for the never-empty check."""
+class GroupIndex:
+    """Per group, its elements' classes and spaces: :meth:`limit` picks removals that leave every
+    producer a channel (used by selection and by ``callbacks.strip``)."""
 
     def __init__(self, analysis: Analysis):
         a = analysis
@@ -172,7 +173,7 @@ def select(
             f"the criterion returned {scores.shape} scores, expected one per channel class ({analysis.n_classes})"
         )
     removed = np.zeros(analysis.n_classes, bool)
-    index = _GroupIndex(analysis)
+    index = GroupIndex(analysis)
     scorable = np.isfinite(scores)
     if global_pruning:
         pool = [g.classes[scorable[g.classes]] for g in analysis.groups if g.id not in group_ratios]

@@ -19,7 +19,7 @@ import keras
 
 from ..errors import InvalidArgumentError, UnsupportedModelError
 from ..graph import BIAS, IN, OUT, STAT, WEIGHT, AxisRef, Graph, Node, Param
-from .spec import Spec
+from .spec import Spec, fixed
 
 L = keras.layers
 
@@ -137,10 +137,6 @@ def register_layer(cls, kind: str = "identity", params: dict | None = None, conf
         raise InvalidArgumentError(f"register_layer expects a keras.layers.Layer subclass, got {cls!r}")
     REGISTRY[cls] = describe
     return cls
-
-
-def fixed(reason: str, macs: float = 0.0) -> Spec:
-    return Spec("fixed", attrs={"reason": reason}, macs=[(float(macs), [])] if macs else [])
 
 
 def _lookup(layer):

@@ -19,7 +19,7 @@ from onnx import numpy_helper, shape_inference
 
 from ..errors import InvalidArgumentError, UnsupportedModelError
 from ..graph import BIAS, IN, OUT, STAT, WEIGHT, AxisRef, Graph, Node, Param
-from .spec import Spec
+from .spec import Spec, fixed
 
 UNARY = {
     "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu",
@@ -75,10 +75,6 @@ def inferred_graph(model: onnx.ModelProto):
         if t.HasField("shape"):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
     return g, shapes
-
-
-def fixed(reason: str, macs: float = 0.0) -> Spec:
-    return Spec("fixed", attrs={"reason": reason}, macs=[(float(macs), [])] if macs else [])
 
 
 class OnnxGraph:

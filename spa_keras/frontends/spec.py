@@ -26,3 +26,8 @@ class Spec:
     resize: Callable | None = None
     hidden: list = field(default_factory=list)
     transform: Callable | None = None
+
+
+def fixed(reason: str, macs: float = 0.0) -> Spec:
+    """An op held fixed (its channels are kept), with the reason the reports give and its MACs."""
+    return Spec("fixed", attrs={"reason": reason}, macs=[(float(macs), [])] if macs else [])
