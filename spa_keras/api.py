@@ -6,6 +6,7 @@ import difflib
 import fnmatch
 import math
 import os
+import time
 import warnings
 
 import numpy as np
@@ -166,6 +167,12 @@ def plan(
     data=None,
     loss=None,
     prune_layer_norm: bool = False,
+    algorithm: str | None = None,
+    calibration_data=None,
+    calibration_samples: int | None = None,
+    data_free: str = "bn",
+    algorithm_options: dict | None = None,
+    verbose: bool | None = None,
 ) -> PruningPlan:
     """Decide which channels to remove, without changing anything.
 
@@ -188,6 +195,22 @@ def plan(
             loss for the gradient criteria.
         prune_layer_norm: prune the channels of LayerNorm-coupled streams too (a ViT's residual
             stream); approximate, since LayerNorm's statistics change: fine-tune afterwards.
+        algorithm: ``None`` (remove the channels the criterion ranks lowest, nothing else changes),
+            ``"obspa"`` (channels chosen by their group's Optimal-Brain-Surgeon loss and the weights
+            that stay compensated; with no data it uses synthetic inputs) or ``"reconstruct"``
+            (channels chosen by ``criterion``, then the two-phase reconstruction on the samples).
+            Given ``calibration_data`` and no algorithm, ``"obspa"``. Keras models only.
+        calibration_data: unlabeled samples (NumPy array, ``tf.data.Dataset``, generator of batches;
+            labels are ignored) shaped like the model's input.
+        calibration_samples: how many samples to use (default 512 of the calibration data, 256
+            synthetic ones).
+        data_free: without calibration data, where the samples come from: ``"bn"`` (inputs optimised
+            to match the BatchNorm statistics) or ``"random"`` (standard-normal inputs).
+        algorithm_options: tuning of the algorithm (``spa_keras.algorithms.OPTIONS`` lists them with
+            their defaults: OBSPA's ``damp``, ``batch_size``, ``strategy``; the reconstruction's
+            ``epochs``, ``learning_rate``, ``decay``). Under ``strategy.scope()`` OBSPA sums its
+            Hessians across the strategy's replicas.
+        verbose: progress bars for the algorithms' long work (shown unless ``False``).
 
     >>> import keras, spa_keras as spa
     >>> m = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3))
@@ -197,6 +220,21 @@ def plan(
     """
     kg = read_model(model, prune_layer_norm)
     analysis = analyse(kg.graph, fixed_nodes=_resolve_ignored(kg, ignored_layers))
+    if algorithm is None and calibration_data is not None:
+        algorithm = "obspa"
+    if algorithm is not None:
+        from . import algorithms
+
+        algo_options = algorithms.check(algorithm, algorithm_options)
+        if not isinstance(kg, KerasGraph):
+            raise InvalidArgumentError(f"algorithm {algorithm!r} works on Keras models: convert the ONNX model "
+                                       "with spa.from_onnx first")
+        if calibration_samples is not None and (int(calibration_samples) != calibration_samples or calibration_samples < 1):
+            raise InvalidArgumentError(f"calibration_samples must be a positive integer, got {calibration_samples!r}")
+        t0 = time.perf_counter()
+        inputs = algorithms.inputs_for(kg, calibration_data, calibration_samples, data_free,
+                                       algo_options.pop("synthetic_steps"), verbose is not False)
+        t_inputs = time.perf_counter() - t0
     score_fn = _criteria.get(criterion)
     context = {}
     need = set(getattr(score_fn, "needs", ()))
@@ -208,6 +246,13 @@ def plan(
                                        "(convert with spa.from_onnx first)")
         context["gradient"], context["fisher"] = kg.gradient_stats(data, loss)
     scores = score_fn(analysis, kg.weight, reduction=group_reduction, normalization=normalization, **context)
+    if algorithm == "obspa":
+        from .algorithms.obspa import OBSPA
+
+        if algo_options["strategy"] is None and tf_strategy() is not None:
+            algo_options["strategy"] = tf_strategy()
+        obs = OBSPA(kg, analysis, inputs, verbose=verbose is not False, **algo_options)
+        scores = obs.scores(scores)
     options = dict(
         global_pruning=global_pruning,
         max_ratio=max_ratio,
@@ -228,7 +273,33 @@ def plan(
         result = select(analysis, scores, ratio, **options)
     result.source = kg
     result.settings["criterion"] = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
+    if algorithm is not None:
+        result.settings.update(algorithm=algorithm, samples=len(inputs[0]),
+                               source="calibration" if calibration_data is not None else data_free,
+                               seconds_inputs=round(t_inputs, 3))
+        if algorithm == "obspa":
+            result.compensation = obs.compensation(result)
+        else:
+            result.builder = _reconstruction(inputs, algo_options, verbose is not False)
     return result
+
+
+def tf_strategy():
+    """The ``tf.distribute`` strategy whose scope the caller is in, or None."""
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+
+
+def _reconstruction(inputs, options, verbose):
+    def build(kg, plan_):
+        from .algorithms.reconstruct import reconstruct
+
+        slim, history = reconstruct(kg, plan_, inputs, verbose=verbose, **options)
+        plan_.settings["reconstruction_loss"] = history
+        return slim
+
+    return build
 
 
 def _is_onnx(model) -> bool:
@@ -267,7 +338,9 @@ def apply(plan_: PruningPlan):
         from .backends.onnx import apply_onnx_plan
 
         return apply_onnx_plan(kg, plan_)
-    return apply_plan(kg, plan_)
+    if plan_.builder is not None:
+        return plan_.builder(kg, plan_)
+    return apply_plan(kg, plan_, transform=plan_.compensation)
 
 
 def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bool = False, output=None,

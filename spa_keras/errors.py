@@ -17,3 +17,7 @@ class InvalidArgumentError(PruningError, ValueError):
 class RebuildError(PruningError, RuntimeError):
     """The slim model could not be written (a layer could not be re-created from its config, or a
     sliced weight does not fit the rebuilt layer)."""
+
+
+class CalibrationDataError(InvalidArgumentError):
+    """Calibration data of the wrong shape or dtype (or none to use)."""

@@ -27,6 +27,8 @@ class PruningPlan:
         self.removed_classes = np.array(removed_classes, bool)
         self.removed_classes[analysis.fixed_class] = False
         self.settings = dict(settings or {})
+        self.compensation = None  # OBSPA: transform(node, param, value) re-fitting the weights that stay
+        self.builder = None  # the reconstruction: builder(graph, plan) -> slim model
         self._element_removed = self.removed_classes[analysis.class_of]
 
     # ---- per tensor / per parameter --------------------------------------------------------------

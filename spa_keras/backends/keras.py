@@ -199,9 +199,12 @@ def zero_in_place(kg: KerasGraph, plan: PruningPlan) -> None:
 def zeroed_copy(kg: KerasGraph, plan: PruningPlan) -> keras.Model:
     """The zero-channel oracle: a full-width copy of the model with every removed channel zeroed at the
     parameters that write it (kernel output slices, biases, BN gamma/beta/mean). On a zero-preserving
-    path its outputs equal the pruned model's."""
+    path its outputs equal the pruned model's. A plan with a compensation (OBSPA) has it applied
+    first, so the oracle holds for compensated models too."""
     full = PruningPlan(plan.analysis, np.zeros_like(plan.removed_classes))
-    return apply_plan(kg, full, transform=zero_writers(plan))
+    zero, comp = zero_writers(plan), plan.compensation
+    transform = zero if comp is None else (lambda node, p, value: zero(node, p, comp(node, p, value)))
+    return apply_plan(kg, full, transform=transform)
 
 
 def verify(kg: KerasGraph, plan: PruningPlan, slim, inputs, rtol: float = 1e-3) -> dict:

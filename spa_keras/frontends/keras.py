@@ -772,6 +772,54 @@ class KerasGraph:
         zeros = lambda k: np.zeros(self.variables[k].shape)  # noqa: E731 - non-trainable: no gradient
         return (lambda k: grad[k] if k in grad else zeros(k)), (lambda k: fisher[k] if k in fisher else zeros(k))
 
+    def run(self, inputs, keep=None, training: bool = False) -> dict:
+        """Execute the model op by op on ``inputs`` and return ``{graph tensor id: value}`` for the
+        tensors in ``keep`` (every tensor when None). Traceable: the algorithms call it inside
+        ``tf.function`` and ``GradientTape``. ``training`` is passed to every layer that takes it
+        (BatchNorm statistics update only when it is True).
+
+        >>> import keras, numpy as np, spa_keras.frontends.keras as fk
+        >>> x = keras.Input((4,)); m = keras.Model(x, keras.layers.Dense(2)(x))
+        >>> kg = fk.from_keras(m); out = kg.run(np.ones((1, 4), "float32"), keep=kg.graph.outputs)
+        >>> out[kg.graph.outputs[0]].shape
+        TensorShape([1, 2])
+        """
+        fmodel = functional_of(self.model)
+        flat = keras.tree.flatten(inputs)
+        if len(flat) != len(fmodel.inputs):
+            raise InvalidArgumentError(
+                f"model {self.model.name!r} takes {len(fmodel.inputs)} inputs, got {len(flat)}"
+            )
+        keep = None if keep is None else set(keep)
+        values = {}
+        tmap = {}
+        for x, v, tid in zip(keras.tree.flatten(fmodel._inputs_struct), flat, self.graph.inputs):
+            tmap[id(x)] = v
+            if keep is None or tid in keep:
+                values[tid] = v
+        self._run(fmodel, tmap, iter(self.graph.nodes), values, keep, training)
+        return values
+
+    def _run(self, fmodel, tmap, nodes, values, keep, training):
+        for knode in topological_nodes(fmodel):
+            op = knode.operation
+            if is_model(op):
+                inner = functional_of(op)
+                inner_map = {id(x): tmap[id(t)] for x, t in zip(inner.inputs, knode.input_tensors)}
+                self._run(inner, inner_map, nodes, values, keep, training)
+                for t, inner_t in zip(knode.output_tensors, inner.outputs):
+                    tmap[id(t)] = inner_map[id(inner_t)]
+                continue
+            node = next(nodes)
+            args, kwargs = fill_in(knode, tmap)
+            if getattr(op, "_call_has_training_arg", False):
+                kwargs["training"] = training
+            out = keras.tree.flatten(op(*args, **kwargs))
+            for t, v, tid in zip(knode.output_tensors, out, node.outputs):
+                tmap[id(t)] = v
+                if keep is None or tid in keep:
+                    values[tid] = v
+
     def _walk(self, fmodel, tmap, prefix):
         for knode in topological_nodes(fmodel):
             op = knode.operation

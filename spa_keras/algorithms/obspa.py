@@ -1,0 +1,465 @@
+"""OBSPA: structured Optimal Brain Surgeon at group level, with weight compensation.
+
+For a consumer layer written as a matrix ``W`` (rows = input features, columns = outputs) that reads
+features ``x``, the layer-wise error of a change ``δW`` is ``δWᵀ H δW`` with ``H = 2 Σ x xᵀ`` (the
+factor 2 cancels and is left out). Removing the input rows ``P`` (every row that reads the channels
+that go) at the least error costs
+
+    loss(P) = tr(W_Pᵀ ((H⁻¹)_PP)⁻¹ W_P)          and moves the other rows by
+    δW      = −(H⁻¹)_{:P} ((H⁻¹)_PP)⁻¹ W_P,
+
+which is the least-squares re-fit of the layer's outputs from the features that stay. A channel class
+of a group is read by every consumer of the group, so its loss is the sum over those consumers, and
+the compensation is applied to each of them.
+
+What a "row" is, per consumer:
+
+- ``Dense`` (any input rank) and 1x1-equivalent reads: one row per input channel (exact).
+- ``Conv2D`` with ``groups=1``: one row per (kernel offset, input channel), from the unfolded input
+  patches (exact, the ``H`` of the im2col matrix), while ``kh*kw*C_in`` is at most ``max_dim``.
+- Larger ``Conv2D`` and every ``Conv1D``/``Conv3D``: the *channel covariance* approximation
+  ``H ≈ I_offsets ⊗ Σ_c`` with ``Σ_c`` the covariance of input channels over every position. Each
+  kernel offset is then re-fitted on its own (a removed channel predicted from the kept channels at
+  the same position); correlations across offsets are ignored.
+- A ``Dense`` after ``Flatten``: the rows of one channel are its ``H*W`` positions (exact).
+
+When the consumer has a bias, or its output goes straight into a ``BatchNormalization``, the features
+get a constant 1 so that the mean a removed channel carried moves into the bias (or the BN's moving
+mean). Selection is greedy per group: blocks of about 1/32 of the group are removed, each the block
+of least summed loss given the blocks before it, and every class is scored by the group's cumulative
+loss at its removal divided by the group consumers' output energy ``Σ tr(Wᵀ H W)``, so that scores
+compare across groups. A group with a channel that no supported consumer reads (attention heads,
+grouped convs) is scored by L2 magnitude instead.
+
+``H`` comes from calibration samples, or, with no data, from synthetic inputs (:mod:`.sources`).
+Accumulating it is a ``tf.function`` that runs on the GPU when there is one and sums across replicas
+under a ``tf.distribute`` strategy; the solve runs as TensorFlow ops in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ..graph import BIAS, WEIGHT
+
+L = keras.layers
+
+
+@dataclass
+class Consumer:
+    """A layer whose kernel reads channels of pruned groups and can be re-fitted by OBS."""
+
+    node: object  # graph Node
+    kernel: object  # graph Param
+    bias: object  # graph Param or None
+    in_tensor: int
+    row_cls: np.ndarray  # class of every row of the matrix (the constant row, if any, is fixed)
+    mode: str  # "dense", "patches" or "channels"
+    augmented: bool  # a constant-1 feature carries the bias
+    bn: tuple = None  # (BN node, moving-mean Param) that absorbs the bias change when there is no bias
+    nodes: list = field(default_factory=list)  # every call of a shared kernel
+
+    @property
+    def key(self):
+        return self.kernel.key
+
+    @property
+    def dim(self) -> int:
+        return len(self.row_cls)
+
+
+def _kernel_and_bias(node):
+    kernel = bias = None
+    for p in node.params:
+        if p.role == WEIGHT and any(r.side == "in" for r in p.axes.values()):
+            kernel = p
+        elif p.role == BIAS and p.name.endswith("bias"):
+            bias = p
+    return kernel, bias
+
+
+def _following_bn(graph, node, readers):
+    """The BatchNormalization that alone reads ``node``'s output, with its moving-mean parameter."""
+    users = readers.get(node.outputs[0], [])
+    if len(users) != 1:
+        return None
+    user = users[0]
+    op = user.ref[0] if isinstance(user.ref, tuple) else None
+    if not isinstance(op, L.BatchNormalization):
+        return None
+    for p in user.params:
+        if p.name.endswith("moving_mean"):
+            return user, p
+    return None
+
+
+def find_consumers(kg, analysis, max_dim: int = 6144) -> list:
+    """Every OBS-compensable consumer of a prunable channel: ``Dense`` and ``Conv1D/2D/3D`` with
+    ``groups == 1`` in channels_last layout whose input axis reads at least one prunable class."""
+    graph = analysis.graph
+    readers: dict = {}
+    for node in graph.nodes:
+        for t in node.inputs:
+            readers.setdefault(t, []).append(node)
+    found: dict = {}
+    for node in graph.nodes:
+        op = node.ref[0] if isinstance(node.ref, tuple) else None
+        is_dense = type(op) is L.Dense or (isinstance(op, L.Dense) and not hasattr(op, "quantization_mode"))
+        is_conv = isinstance(op, (L.Conv1D, L.Conv2D, L.Conv3D)) and getattr(op, "groups", 1) == 1
+        if not (is_dense or is_conv) or node.kind != "linear":
+            continue
+        if is_conv and getattr(op, "data_format", "channels_last") != "channels_last":
+            continue
+        kernel, bias = _kernel_and_bias(node)
+        if kernel is None:
+            continue
+        if kernel.key in found:
+            found[kernel.key].nodes.append(node)
+            continue
+        in_axis = next(a for a, r in kernel.axes.items() if r.side == "in")
+        ref = kernel.axes[in_axis]
+        if ref.repeat != 1 or ref.block or ref.tile != 1 or ref.index != 0:
+            continue
+        cls = analysis.class_of[analysis.axis_elements(node, kernel, in_axis)]
+        if np.all(cls == analysis.fixed_class):
+            continue
+        if is_dense:
+            mode, rows = "dense", cls
+        else:
+            offsets = int(np.prod(op.kernel_size))
+            exact = (isinstance(op, L.Conv2D) and op.padding in ("same", "valid")
+                     and offsets * len(cls) <= max_dim)
+            mode, rows = ("patches", np.tile(cls, offsets)) if exact else ("channels", cls)
+        bn = None if bias is not None else _following_bn(graph, node, readers)
+        augmented = bias is not None or bn is not None
+        if augmented:
+            rows = np.concatenate([rows, [analysis.fixed_class]])
+        found[kernel.key] = Consumer(node, kernel, bias, node.inputs[0], np.asarray(rows, np.int64), mode,
+                                     augmented, bn, [node])
+    return list(found.values())
+
+
+# ---- features and Hessians --------------------------------------------------------------------------
+
+
+def features(consumer: Consumer, x):
+    """The rows the consumer's matrix multiplies, one line per output position: ``(n, dim)``."""
+    op = consumer.node.ref[0]
+    x = tf.cast(x, tf.float64)  # float64 products: an exactly rank-deficient H stays positive semi-definite
+    if consumer.mode == "patches":
+        kh, kw = op.kernel_size
+        sh, sw = op.strides
+        dh, dw = op.dilation_rate
+        x = tf.image.extract_patches(x, [1, kh, kw, 1], [1, sh, sw, 1], [1, dh, dw, 1], op.padding.upper())
+    cin = x.shape[-1]
+    f = tf.reshape(x, (-1, cin))
+    if consumer.augmented:
+        f = tf.concat([f, tf.ones_like(f[:, :1])], axis=1)
+    return f
+
+
+def hessian_step(kg, consumers):
+    """``step(x) -> [Σ xxᵀ per consumer]`` over one batch, traceable."""
+    keep = {n.inputs[0] for c in consumers for n in c.nodes}
+
+    def step(x):
+        values = kg.run(x, keep=keep)
+        out = []
+        for c in consumers:
+            total = 0.0
+            for n in c.nodes:
+                f = features(c, values[n.inputs[0]])
+                total = total + tf.matmul(f, f, transpose_a=True)
+            out.append(total)
+        return out
+
+    return step
+
+
+def accumulate_hessians(kg, consumers, inputs, batch_size: int = 32, strategy=None, progress=None) -> dict:
+    """``{kernel key: Σ x xᵀ}`` (float64 NumPy) over ``inputs`` (arrays, one per model input), in batches.
+
+    Each batch runs as one ``tf.function``; under ``strategy`` the batch is split across replicas and
+    the per-replica sums are reduced with ``ReduceOp.SUM``.
+    """
+    step = hessian_step(kg, consumers)
+    data = tf.data.Dataset.from_tensor_slices(tuple(inputs)).batch(batch_size)
+    if strategy is None:
+        fn = tf.function(step, reduce_retracing=True)
+    else:
+        data = strategy.experimental_distribute_dataset(data)
+
+        def replicated(x):
+            per = strategy.run(step, args=(x,))
+            return [strategy.reduce(tf.distribute.ReduceOp.SUM, p, axis=None) for p in per]
+
+        fn = tf.function(replicated, reduce_retracing=True)
+    sums = [np.zeros((c.dim, c.dim)) for c in consumers]
+    for x in data:
+        for i, h in enumerate(fn(x)):
+            sums[i] += np.asarray(h, np.float64)
+        if progress is not None:
+            progress.update(1)
+    return {c.key: s for c, s in zip(consumers, sums)}
+
+
+# ---- the matrices -----------------------------------------------------------------------------------
+
+
+def matrix(consumer: Consumer, kernel: np.ndarray, bias) -> np.ndarray:
+    """The consumer's weights as the ``(dim, columns)`` matrix its features multiply."""
+    cout = kernel.shape[-1]
+    if consumer.mode == "channels":
+        cin = kernel.shape[-2]
+        w = kernel.reshape(-1, cin, cout).transpose(1, 0, 2).reshape(cin, -1)
+        ncol = w.shape[1]
+    else:
+        w = kernel.reshape(-1, cout)
+        ncol = cout
+    if consumer.augmented:
+        b = np.zeros((1, ncol)) if (bias is None or consumer.mode == "channels") else bias.reshape(1, -1)
+        w = np.concatenate([w, b], axis=0)
+    return w.astype(np.float64)
+
+
+def unmatrix(consumer: Consumer, w: np.ndarray, kernel: np.ndarray, bias):
+    """Kernel and bias change back from a (compensated) matrix: ``(kernel, bias_delta)``."""
+    cout = kernel.shape[-1]
+    delta = None
+    if consumer.augmented:
+        w, last = w[:-1], w[-1]
+        if consumer.mode == "channels":
+            delta = last.reshape(-1, cout).sum(axis=0)
+        else:
+            delta = last - (0 if bias is None else bias)
+    if consumer.mode == "channels":
+        cin = kernel.shape[-2]
+        k = w.reshape(cin, -1, cout).transpose(1, 0, 2).reshape(kernel.shape)
+    else:
+        k = w.reshape(kernel.shape)
+    return k.astype(kernel.dtype), delta
+
+
+def inverse(h: np.ndarray, damp: float) -> tf.Tensor:
+    """``(H + λ I)⁻¹`` with ``λ = damp * mean(diag H)``; the damping grows tenfold until the Cholesky
+    factorisation succeeds (dead channels make ``H`` singular)."""
+    h = tf.constant(h, tf.float64)
+    eye = tf.eye(h.shape[0], dtype=tf.float64)
+    scale = tf.maximum(tf.reduce_mean(tf.linalg.diag_part(h)), 1e-12)
+    for _ in range(12):
+        chol = tf.linalg.cholesky(h + damp * scale * eye)
+        if bool(tf.reduce_all(tf.math.is_finite(chol))):
+            return tf.linalg.cholesky_solve(chol, eye)
+        damp = max(damp * 10, 1e-12)
+    raise FloatingPointError("the Hessian could not be inverted (non-finite activations?)")
+
+
+def _pp(hinv, rows):
+    """``(H⁻¹)_PP`` for a batch of row sets ``rows`` (n, m) -> (n, m, m)."""
+    return tf.gather(tf.gather(hinv, rows), rows, axis=2, batch_dims=1)
+
+
+def class_losses(w, hinv, rows) -> tf.Tensor:
+    """OBS loss of removing each row set of ``rows`` (n, m) alone: ``tr(W_Pᵀ ((H⁻¹)_PP)⁻¹ W_P)``."""
+    wp = tf.gather(w, rows)  # (n, m, out)
+    sol = tf.linalg.solve(_pp(hinv, rows), wp)
+    return tf.reduce_sum(wp * sol, axis=[1, 2])
+
+
+def remove_rows(w, hinv, rows):
+    """Remove the rows ``rows`` with the OBS update: ``(W', H⁻¹', loss)``; the removed rows of
+    ``W'`` are zero and ``H⁻¹'`` is the inverse Hessian of the rows that stay."""
+    rows = tf.constant(np.asarray(rows, np.int64))
+    hpp = tf.gather(tf.gather(hinv, rows), rows, axis=1)
+    wp = tf.gather(w, rows)
+    sol = tf.linalg.solve(hpp, wp)
+    loss = tf.reduce_sum(wp * sol)
+    col = tf.gather(hinv, rows, axis=1)
+    w = w - col @ sol
+    hinv = hinv - col @ tf.linalg.solve(hpp, tf.gather(hinv, rows))
+    keep = tf.tensor_scatter_nd_update(tf.ones(w.shape[0], tf.float64), rows[:, None],
+                                       tf.zeros(rows.shape[0], tf.float64))
+    w = w * keep[:, None]
+    hinv = hinv * keep[:, None] * keep[None, :]
+    return w, hinv, loss
+
+
+def compensate(w: np.ndarray, hinv, rows) -> np.ndarray:
+    """``W`` with ``rows`` removed and the rest re-fitted (the joint OBS update)."""
+    if len(rows) == 0:
+        return w
+    w2, _, _ = remove_rows(tf.constant(w, tf.float64), hinv, rows)
+    return w2.numpy()
+
+
+# ---- scoring ----------------------------------------------------------------------------------------
+
+
+def _rows_by_class(row_cls: np.ndarray, classes: np.ndarray):
+    """``(classes present, rows (n, m))`` when every class has the same number of rows, else None."""
+    present = [c for c in classes if np.any(row_cls == c)]
+    if not present:
+        return None
+    rows = [np.nonzero(row_cls == c)[0] for c in present]
+    if len({len(r) for r in rows}) != 1:
+        return None
+    return np.asarray(present, np.int64), np.stack(rows)
+
+
+def group_scores(group, consumers, states, progress=None, blocks: int = 32):
+    """Greedy structured OBS over one group: a score per class of the group (cumulative relative
+    loss at its removal) or None when some class has no OBS consumer."""
+    classes = group.classes
+    parts = []
+    covered = np.zeros(len(classes), bool)
+    energy = 0.0
+    for c in consumers:
+        found = _rows_by_class(c.row_cls, classes)
+        if found is None:
+            continue
+        present, rows = found
+        w, hinv, h = states[c.key]
+        parts.append([present, rows, w, hinv])
+        covered |= np.isin(classes, present)
+        energy += float(np.sum(w.numpy() * (h @ w.numpy())))
+    if not parts or not covered.all():
+        return None
+    n = len(classes)
+    pos = {int(c): i for i, c in enumerate(classes)}
+    alive = np.ones(n, bool)
+    scores = np.full(n, np.nan)
+    block = max(1, int(math.ceil(n / blocks)))
+    cumulative = 0.0
+    for _ in range(n - 1):
+        left = int(alive.sum())
+        if left <= 1:
+            break
+        total = np.zeros(n)
+        for present, rows, w, hinv in parts:
+            idx = np.array([pos[int(c)] for c in present])
+            live = alive[idx]
+            if live.any():
+                total[idx[live]] += class_losses(w, hinv, tf.constant(rows[live])).numpy()
+        cand = np.nonzero(alive)[0]
+        take = cand[np.argsort(total[cand], kind="stable")[: min(block, left - 1)]]
+        before = cumulative
+        for part in parts:
+            present, rows, w, hinv = part
+            idx = np.array([pos[int(c)] for c in present])
+            hit = np.isin(idx, take)
+            if hit.any():
+                part[2], part[3], loss = remove_rows(w, hinv, rows[hit].ravel())
+                cumulative += float(loss)
+        step = max(cumulative - before, 0.0)
+        scores[take] = before + step * (np.arange(1, len(take) + 1) / len(take))
+        alive[take] = False
+        if progress is not None:
+            progress.update(len(take))
+    scores[alive] = cumulative * 1.01 + 1e-12 + (scores[~alive].max(initial=0.0) if (~alive).any() else 0.0)
+    return scores / max(energy, 1e-30)
+
+
+# ---- the algorithm ----------------------------------------------------------------------------------
+
+
+class OBSPA:
+    """OBSPA on one Keras model: Hessians once, then scores for selection and compensation for a plan.
+
+    >>> # o = OBSPA(kg, analysis, inputs); plan = select(analysis, o.scores(fallback), 0.5)
+    >>> # slim = apply_plan(kg, plan, transform=o.compensation(plan))
+    """
+
+    def __init__(self, kg, analysis, inputs, damp: float = 1e-3, batch_size: int = 32, strategy=None,
+                 max_dim: int = 6144, blocks: int = 32, verbose: bool = False):
+        from tqdm.auto import tqdm
+
+        self.kg, self.analysis, self.damp, self.blocks, self.verbose = kg, analysis, damp, blocks, verbose
+        self.consumers = find_consumers(kg, analysis, max_dim)
+        n = len(keras.tree.flatten(inputs)[0])
+        with tqdm(total=int(math.ceil(n / batch_size)), desc="OBSPA Hessians", unit="batch",
+                  disable=not verbose) as bar:
+            self.hessians = accumulate_hessians(kg, self.consumers, inputs, batch_size, strategy, bar)
+        self._hinv = {}
+
+    def hinv(self, key):
+        if key not in self._hinv:
+            self._hinv[key] = inverse(self.hessians[key], self.damp)
+        return self._hinv[key]
+
+    def _matrix(self, c):
+        bias = None if c.bias is None else self.kg.weight(c.bias.key)
+        return matrix(c, self.kg.weight(c.key), bias)
+
+    def scores(self, fallback: np.ndarray) -> np.ndarray:
+        """A score per class: the group's relative OBS loss at the class' removal (greedy); groups
+        that OBS cannot score take ``fallback``'s scores (normalised by their group mean)."""
+        from tqdm.auto import tqdm
+
+        a = self.analysis
+        out = np.full(a.n_classes, np.nan)
+        by_class = {}
+        for c in self.consumers:
+            for cls in np.unique(c.row_cls):
+                by_class.setdefault(int(cls), []).append(c)
+        with tqdm(total=sum(g.size for g in a.groups), desc="OBSPA scores", unit="ch",
+                  disable=not self.verbose) as bar:
+            for g in a.groups:
+                users = {id(c): c for cls in g.classes for c in by_class.get(int(cls), [])}
+                states = {}
+                for c in users.values():
+                    w = tf.constant(self._matrix(c), tf.float64)
+                    states[c.key] = (w, self.hinv(c.key), self.hessians[c.key])
+                s = group_scores(g, list(users.values()), states, bar, self.blocks) if users else None
+                if s is None:
+                    f = np.asarray(fallback, np.float64)[g.classes]
+                    s = f / (np.nanmean(f) + 1e-12) if np.isfinite(f).any() else f
+                    bar.update(g.size)
+                out[g.classes] = s
+        return out
+
+    def compensation(self, plan):
+        """``transform(node, param, value)`` for :func:`~spa_keras.backends.keras.apply_plan`: the
+        consumers' kernels (and biases or following BN means) re-fitted for the plan's removals."""
+        new = {}
+        removed = plan.removed_classes
+        for c in self.consumers:
+            rows = np.nonzero(removed[c.row_cls])[0]
+            if not len(rows):
+                continue
+            kernel = self.kg.weight(c.key)
+            bias = None if c.bias is None else self.kg.weight(c.bias.key)
+            w = compensate(self._matrix(c), self.hinv(c.key), rows)
+            new[c.key], delta = unmatrix(c, w, kernel, bias)
+            if delta is not None:
+                if c.bias is not None:
+                    new[c.bias.key] = (bias + delta).astype(bias.dtype)
+                elif c.bn is not None:
+                    mean = self.kg.weight(c.bn[1].key)
+                    new[c.bn[1].key] = (mean - delta).astype(mean.dtype)
+
+        def transform(node, param, value):
+            return new.get(param.key, value)
+
+        transform.changed = sorted(str(k) for k in new)
+        return transform
+
+    def layer_error(self, plan, compensated: bool = True) -> dict:
+        """``{layer: relative output error on the Hessian's inputs}`` of each consumer after the plan's
+        removals, with or without compensation: ``δWᵀ H δW / Wᵀ H W``."""
+        out = {}
+        for c in self.consumers:
+            rows = np.nonzero(plan.removed_classes[c.row_cls])[0]
+            w = self._matrix(c)
+            if compensated:
+                w2 = compensate(w, self.hinv(c.key), rows)
+            else:
+                w2 = w.copy()
+                w2[rows] = 0
+            d, h = w2 - w, self.hessians[c.key]
+            out[c.node.layer] = float(np.sum(d * (h @ d)) / max(np.sum(w * (h @ w)), 1e-30))
+        return out
