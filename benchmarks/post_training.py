@@ -156,7 +156,7 @@ def main(argv=None):
     ap.add_argument("--models", default="resnet20,mobilenetv2")
     ap.add_argument("--targets", default="0.5,0.3333")
     ap.add_argument("--methods", default=None, help="comma-separated subset of the methods")
-    ap.add_argument("--epochs", type=int, default=10, help="training epochs of the cached models")
+    ap.add_argument("--epochs", type=int, default=5, help="training epochs of the cached models")
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--output", default=RESULTS)
     args = ap.parse_args(argv)
