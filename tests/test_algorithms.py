@@ -91,7 +91,7 @@ def test_channel_covariance_mode_for_large_convs():
     model = convnet()
     kg = from_keras(model)
     modes = {c.node.layer: c.mode for c in find_consumers(kg, analyse(kg.graph), max_dim=64)}
-    assert modes["c1"] == "channels" and modes["fc"] == "dense"
+    assert modes["c1"] == "channels" and modes["fc"] == "channels" and modes["out"] == "dense"
     plan = spa.plan(model, ratio=0.5, calibration_data=images(), algorithm_options={"max_dim": 64}, verbose=False)
     slim = spa.apply(plan)
     assert verify(plan.source, plan, slim, images(4, seed=3))["passed"]
@@ -253,3 +253,19 @@ def test_onnx_models_need_converting_first(tmp_path):
     with pytest.raises(spa.InvalidArgumentError, match="from_onnx"):
         spa.plan(helper.make_model(g, ir_version=10), algorithm="obspa")
     assert onnx is not None
+
+
+def test_wide_dense_after_flatten_uses_the_channel_covariance():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="c")(inp)
+    x = L.Dense(7, name="fc")(L.Flatten()(x))
+    model = keras.Model(inp, L.Dense(3, name="out")(L.ReLU()(x)))
+    kg = from_keras(model)
+    fc = {c.node.layer: c for c in find_consumers(kg, analyse(kg.graph), max_dim=100)}["fc"]
+    assert fc.mode == "channels" and fc.cin == 8 and fc.dim == 8 + 1
+    plan = spa.plan(model, ratio=0.5, calibration_data=images(64, shape=(6, 6, 3)),
+                    algorithm_options={"max_dim": 100}, verbose=False)
+    slim = spa.apply(plan)
+    assert slim.get_layer("c").filters == 4
+    assert verify(plan.source, plan, slim, images(4, seed=2, shape=(6, 6, 3)))["passed"]

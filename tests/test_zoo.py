@@ -19,3 +19,17 @@ def test_zoo_model_prunes_and_passes_the_oracle(name):
 def test_zoo_list_is_the_whole_of_keras_applications():
     names = zoo_names()
     assert len(names) >= 40 and {"ResNet50", "MobileNetV3Small", "ConvNeXtTiny", "NASNetMobile"} <= set(names)
+
+
+# one of each family: residual, depthwise + squeeze-excite, dense concatenation, plain, inception
+OBSPA_ZOO = ["ResNet50", "MobileNetV2", "EfficientNetB0", "DenseNet121", "VGG16", "InceptionV3", "ConvNeXtTiny"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", OBSPA_ZOO)
+def test_zoo_model_prunes_with_obspa_and_passes_the_oracle(name):
+    model = perturb_statistics(build_zoo_model(name, size=32))
+    slim, plan = check_pruned(model, 0.5, algorithm="obspa", data_free="random", calibration_samples=4,
+                              algorithm_options={"batch_size": 4}, verbose=False)
+    assert plan.n_removed > 0 and plan.compensation is not None
+    assert plan.compensation.changed, "no consumer was re-fitted"

@@ -63,6 +63,7 @@ class Consumer:
     augmented: bool  # a constant-1 feature carries the bias
     bn: tuple = None  # (BN node, moving-mean Param) that absorbs the bias change when there is no bias
     nodes: list = field(default_factory=list)  # every call of a shared kernel
+    cin: int = 0  # "channels" mode: the channels one position of the input holds
 
     @property
     def key(self):
@@ -98,18 +99,33 @@ def _following_bn(graph, node, readers):
     return None
 
 
-def find_consumers(kg, analysis, max_dim: int = 6144) -> list:
+def _flattened_channels(graph, node, cls, producer) -> int:
+    """The channel count of the tensor a Flatten turned into ``node``'s input (0 if it was not a
+    channels-last Flatten whose rows repeat the channels at every position)."""
+    prev = producer.get(node.inputs[0])
+    if prev is None or prev.kind != "flatten":
+        return 0
+    c = graph.tensors[prev.inputs[0]].channels
+    if c <= 0 or len(cls) % c or not np.array_equal(cls, np.tile(cls[:c], len(cls) // c)):
+        return 0
+    return c
+
+
+def find_consumers(kg, analysis, max_dim: int = 2048) -> list:
     """Every OBS-compensable consumer of a prunable channel: ``Dense`` and ``Conv1D/2D/3D`` with
     ``groups == 1`` in channels_last layout whose input axis reads at least one prunable class."""
     graph = analysis.graph
     readers: dict = {}
+    producer: dict = {}
     for node in graph.nodes:
         for t in node.inputs:
             readers.setdefault(t, []).append(node)
+        for t in node.outputs:
+            producer[t] = node
     found: dict = {}
     for node in graph.nodes:
         op = node.ref[0] if isinstance(node.ref, tuple) else None
-        is_dense = type(op) is L.Dense or (isinstance(op, L.Dense) and not hasattr(op, "quantization_mode"))
+        is_dense = isinstance(op, L.Dense)
         is_conv = isinstance(op, (L.Conv1D, L.Conv2D, L.Conv3D)) and getattr(op, "groups", 1) == 1
         if not (is_dense or is_conv) or node.kind != "linear":
             continue
@@ -128,19 +144,26 @@ def find_consumers(kg, analysis, max_dim: int = 6144) -> list:
         cls = analysis.class_of[analysis.axis_elements(node, kernel, in_axis)]
         if np.all(cls == analysis.fixed_class):
             continue
-        if is_dense:
+        cin = 0
+        if is_dense and len(cls) <= max_dim:
             mode, rows = "dense", cls
+        elif is_dense:  # a wide Dense after Flatten: the channel covariance over positions
+            cin = _flattened_channels(graph, node, cls, producer)
+            if not cin:
+                continue
+            mode, rows = "channels", cls[:cin]
         else:
             offsets = int(np.prod(op.kernel_size))
             exact = (isinstance(op, L.Conv2D) and op.padding in ("same", "valid")
                      and offsets * len(cls) <= max_dim)
             mode, rows = ("patches", np.tile(cls, offsets)) if exact else ("channels", cls)
+            cin = len(cls)
         bn = None if bias is not None else _following_bn(graph, node, readers)
         augmented = bias is not None or bn is not None
         if augmented:
             rows = np.concatenate([rows, [analysis.fixed_class]])
         found[kernel.key] = Consumer(node, kernel, bias, node.inputs[0], np.asarray(rows, np.int64), mode,
-                                     augmented, bn, [node])
+                                     augmented, bn, [node], cin)
     return list(found.values())
 
 
@@ -156,8 +179,7 @@ def features(consumer: Consumer, x):
         sh, sw = op.strides
         dh, dw = op.dilation_rate
         x = tf.image.extract_patches(x, [1, kh, kw, 1], [1, sh, sw, 1], [1, dh, dw, 1], op.padding.upper())
-    cin = x.shape[-1]
-    f = tf.reshape(x, (-1, cin))
+    f = tf.reshape(x, (-1, consumer.cin if consumer.mode == "channels" else x.shape[-1]))
     if consumer.augmented:
         f = tf.concat([f, tf.ones_like(f[:, :1])], axis=1)
     return f
@@ -215,7 +237,7 @@ def matrix(consumer: Consumer, kernel: np.ndarray, bias) -> np.ndarray:
     """The consumer's weights as the ``(dim, columns)`` matrix its features multiply."""
     cout = kernel.shape[-1]
     if consumer.mode == "channels":
-        cin = kernel.shape[-2]
+        cin = consumer.cin
         w = kernel.reshape(-1, cin, cout).transpose(1, 0, 2).reshape(cin, -1)
         ncol = w.shape[1]
     else:
@@ -238,7 +260,7 @@ def unmatrix(consumer: Consumer, w: np.ndarray, kernel: np.ndarray, bias):
         else:
             delta = last - (0 if bias is None else bias)
     if consumer.mode == "channels":
-        cin = kernel.shape[-2]
+        cin = consumer.cin
         k = w.reshape(cin, -1, cout).transpose(1, 0, 2).reshape(kernel.shape)
     else:
         k = w.reshape(kernel.shape)
@@ -311,12 +333,48 @@ def _rows_by_class(row_cls: np.ndarray, classes: np.ndarray):
     return np.asarray(present, np.int64), np.stack(rows)
 
 
+class _Part:
+    """One consumer's share of a group during the greedy search. Removed rows are dropped from ``w``
+    and ``hinv`` after every block, so each step costs ``O(rows left²)``."""
+
+    def __init__(self, present, rows, w, hinv, pos):
+        self.idx = np.array([pos[int(c)] for c in present])  # position of each class in the group
+        self.rows = rows  # (classes, m) original row indices
+        self.where = np.arange(int(w.shape[0]))  # original row -> current row (-1: removed)
+        self.w, self.hinv = w, hinv
+
+    def losses(self, alive):
+        live = alive[self.idx]
+        if not live.any():
+            return self.idx[:0], np.zeros(0)
+        cur = tf.constant(self.where[self.rows[live]])
+        return self.idx[live], class_losses(self.w, self.hinv, cur).numpy()
+
+    def remove(self, take) -> float:
+        hit = np.isin(self.idx, take)
+        if not hit.any():
+            return 0.0
+        gone = self.where[self.rows[hit].ravel()]
+        w, hinv, loss = remove_rows(self.w, self.hinv, gone)
+        stay = np.ones(int(w.shape[0]), bool)
+        stay[gone] = False
+        keep = tf.constant(np.nonzero(stay)[0])
+        self.w = tf.gather(w, keep)
+        self.hinv = tf.gather(tf.gather(hinv, keep), keep, axis=1)
+        new = np.cumsum(stay) - 1
+        self.where = np.where(self.where >= 0, new[np.maximum(self.where, 0)], -1)
+        self.where[self.rows[hit].ravel()] = -1
+        return float(loss)
+
+
 def group_scores(group, consumers, states, progress=None, blocks: int = 32):
     """Greedy structured OBS over one group: a score per class of the group (cumulative relative
     loss at its removal) or None when some class has no OBS consumer."""
     classes = group.classes
+    n = len(classes)
+    pos = {int(c): i for i, c in enumerate(classes)}
     parts = []
-    covered = np.zeros(len(classes), bool)
+    covered = np.zeros(n, bool)
     energy = 0.0
     for c in consumers:
         found = _rows_by_class(c.row_cls, classes)
@@ -324,37 +382,25 @@ def group_scores(group, consumers, states, progress=None, blocks: int = 32):
             continue
         present, rows = found
         w, hinv, h = states[c.key]
-        parts.append([present, rows, w, hinv])
-        covered |= np.isin(classes, present)
+        parts.append(_Part(present, rows, w, hinv, pos))
+        covered[parts[-1].idx] = True
         energy += float(np.sum(w.numpy() * (h @ w.numpy())))
     if not parts or not covered.all():
         return None
-    n = len(classes)
-    pos = {int(c): i for i, c in enumerate(classes)}
     alive = np.ones(n, bool)
     scores = np.full(n, np.nan)
     block = max(1, int(math.ceil(n / blocks)))
     cumulative = 0.0
-    for _ in range(n - 1):
-        left = int(alive.sum())
-        if left <= 1:
-            break
+    while alive.sum() > 1:
         total = np.zeros(n)
-        for present, rows, w, hinv in parts:
-            idx = np.array([pos[int(c)] for c in present])
-            live = alive[idx]
-            if live.any():
-                total[idx[live]] += class_losses(w, hinv, tf.constant(rows[live])).numpy()
+        for part in parts:
+            idx, loss = part.losses(alive)
+            total[idx] += loss
         cand = np.nonzero(alive)[0]
-        take = cand[np.argsort(total[cand], kind="stable")[: min(block, left - 1)]]
+        take = cand[np.argsort(total[cand], kind="stable")[: min(block, len(cand) - 1)]]
         before = cumulative
         for part in parts:
-            present, rows, w, hinv = part
-            idx = np.array([pos[int(c)] for c in present])
-            hit = np.isin(idx, take)
-            if hit.any():
-                part[2], part[3], loss = remove_rows(w, hinv, rows[hit].ravel())
-                cumulative += float(loss)
+            cumulative += part.remove(take)
         step = max(cumulative - before, 0.0)
         scores[take] = before + step * (np.arange(1, len(take) + 1) / len(take))
         alive[take] = False
@@ -375,7 +421,7 @@ class OBSPA:
     """
 
     def __init__(self, kg, analysis, inputs, damp: float = 1e-3, batch_size: int = 32, strategy=None,
-                 max_dim: int = 6144, blocks: int = 32, verbose: bool = False):
+                 max_dim: int = 2048, blocks: int = 32, verbose: bool = False):
         from tqdm.auto import tqdm
 
         self.kg, self.analysis, self.damp, self.blocks, self.verbose = kg, analysis, damp, blocks, verbose
