@@ -490,6 +490,14 @@ class Inspection:
 
     __repr__ = __str__
 
+    def to_dict(self) -> dict:
+        """The same as plain Python values (what ``spa-keras inspect --json`` prints)."""
+        return dict(
+            model=self.graph.name, ops=len(self.graph.nodes), macs=self.macs, params=self.params,
+            groups=[dict(root=g.root, channels=int(g.size), ops=len(g.nodes)) for g in self.groups],
+            held_fixed=self.held_fixed,
+        )
+
 
 def inspect(model) -> Inspection:
     """Groups, widths, MACs, parameters and what is held fixed (and why), without pruning.
