@@ -24,6 +24,12 @@ def load_model(path: str):
         raise UnsupportedModelError(f"could not load {path!r} as a Keras model: {e}") from e
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, write, overwrite: bool = False, suffixes=None) -> str:
     """Call ``write(tmp_path)`` for a temporary file in ``path``'s folder, then rename it to ``path``:
     ``path`` is either absent, the old file, or complete, whatever happens during the write."""
@@ -37,6 +43,7 @@ def atomic_write(path: str, write, overwrite: bool = False, suffixes=None) -> st
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it private; a saved file is as readable as any other
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -101,6 +108,7 @@ def _publish(base_dir: str, target: str, write) -> str:
     tmp = tempfile.mkdtemp(prefix=".spa-", dir=base_dir)
     try:
         write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private; TF Serving may run as another user
         os.rename(tmp, target)
     finally:
         if os.path.exists(tmp):
