@@ -8,13 +8,29 @@ import keras
 import numpy as np
 import pytest
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# this checkout's spa_keras comes first, whichever copy is installed
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+           PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
 
 
 def run(*args, timeout=300):
     return subprocess.run(
-        [sys.executable, "-m", "spa_keras", *args], capture_output=True, text=True, timeout=timeout, env=ENV
+        [sys.executable, "-m", "spa_keras", *args], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT
     )
+
+
+def test_the_installed_console_script_runs_this_checkout(model_file):
+    import shutil
+
+    script = shutil.which("spa-keras") or os.path.join(os.path.dirname(sys.executable), "spa-keras")
+    if not os.path.exists(script):
+        pytest.skip("the spa-keras console script is not installed (pip install -e .)")
+    r = subprocess.run([script, "inspect", model_file], capture_output=True, text=True, timeout=300, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert "prunable groups" in r.stdout
+    r = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60, env=ENV)
+    assert all(c in r.stdout for c in ("inspect", "prune", "export", "bench")), "an old copy of spa_keras was run"
 
 
 @pytest.fixture(scope="module")
