@@ -101,8 +101,20 @@ def test_prune_an_onnx_file(tmp_path):
     assert r.returncode == 0, r.stderr
     w1 = [i for i in onnx.load(out).graph.initializer if i.name == "w1"][0]
     assert list(w1.dims) == [4, 3, 3, 3]
+    assert os.path.exists(tmp_path / "slim.report.png")
     r = run("prune", src, "-o", str(tmp_path / "slim.keras"))
     assert r.returncode == 2 and "kind" in r.stderr
+    # the slim ONNX model, served: through spa.from_onnx into a TF Serving version (NCHW input, as in ONNX)
+    import tensorflow as tf
+
+    from spa_keras.backends.onnx import run_onnx
+
+    r = run("export", out, "--serving", str(tmp_path / "serving"))
+    assert r.returncode == 0, r.stderr
+    sig = tf.saved_model.load(str(tmp_path / "serving" / "1")).signatures["serving_default"]
+    x = np.random.default_rng(1).standard_normal((1, 3, 6, 6)).astype("float32")
+    served = list(sig(**{list(sig.structured_input_signature[1])[0]: tf.constant(x)}).values())[0].numpy()
+    np.testing.assert_allclose(served, run_onnx(onnx.load(out), x)[0], atol=1e-4)
 
 
 @pytest.fixture(scope="module")
