@@ -49,7 +49,7 @@ def _add_pruning_options(q):
     g.add_argument("--steps", type=int, default=1, help="prune iteratively in this many steps (default 1)")
     g.add_argument("--prune-layer-norm", action="store_true", help="prune LayerNorm-coupled streams (approximate)")
     g.add_argument("--data", metavar="PATH",
-                   help="inputs (and targets: an .npz with x and y) for taylor/hessian/snip: .npy, .npz or image folder")
+                   help="inputs for taylor/hessian/snip: .npy, .npz (x, and y for targets) or a folder of images")
     g.add_argument("--loss", help="a Keras loss name for the gradient criteria")
     a = q.add_argument_group("post-training algorithms")
     a.add_argument("--algorithm", choices=["obspa", "reconstruct"], help="compensate the weights that stay")
@@ -71,7 +71,8 @@ def _parser():
 
     pr = sub.add_parser("prune", help="prune a model, save the slim one and its report")
     pr.add_argument("model", help=MODEL_HELP)
-    pr.add_argument("-o", "--output", required=True, help="the slim model: .keras or .h5 (Keras input), .onnx (ONNX input)")
+    pr.add_argument("-o", "--output", required=True,
+                    help="the slim model: .keras or .h5 (Keras input), .onnx (ONNX input)")
     pr.add_argument("--force", action="store_true", help="overwrite the output and report files if they exist")
     pr.add_argument("--report", metavar="PATH",
                     help="report prefix or folder (default: OUTPUT without extension + .report -> .txt, .json, .png)")

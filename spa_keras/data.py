@@ -102,7 +102,8 @@ def _load_images(folder, input_shape, scale):
     import keras
 
     files = sorted(
-        os.path.join(root, f) for root, _, names in os.walk(folder) for f in names if f.lower().endswith(IMAGE_EXTENSIONS)
+        os.path.join(root, f) for root, _, names in os.walk(folder)
+        for f in names if f.lower().endswith(IMAGE_EXTENSIONS)
     )
     if not files:
         raise InvalidArgumentError(f"{folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")

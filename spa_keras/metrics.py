@@ -96,7 +96,8 @@ def _runner(model, batch_size, input_data):
     import keras
 
     if input_data is None:
-        input_data = [_random((batch_size,) + tuple(int(d or 1) for d in x.shape[1:]), x.dtype, rng) for x in model.inputs]
+        input_data = [_random((batch_size,) + tuple(int(d or 1) for d in x.shape[1:]), x.dtype, rng)
+                      for x in model.inputs]
         input_data = input_data[0] if len(input_data) == 1 else input_data
     else:
         batch_size = len(keras.tree.flatten(input_data)[0])

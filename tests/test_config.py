@@ -43,7 +43,8 @@ def test_data_is_held_but_not_stored():
     (dict(ratio_per_layer=[0.5]), "ratio_per_layer"), (dict(ratio_per_layer={"a": 2}), "ratio_per_layer"),
     (dict(target_macs=0), "target_macs"), (dict(target_params=float("nan")), "target_params"),
     (dict(target_macs=0.5, target_params=0.5), "not both"), (dict(prune_layer_norm="no"), "prune_layer_norm"),
-    (dict(steps=0), "steps"), (dict(algorithm="obs"), "algorithm"), (dict(calibration_samples=-5), "calibration_samples"),
+    (dict(steps=0), "steps"), (dict(algorithm="obs"), "algorithm"),
+    (dict(calibration_samples=-5), "calibration_samples"),
     (dict(calibration_samples=1.5), "calibration_samples"), (dict(data_free="zeros"), "data_free"),
     (dict(calibration_data="calib.npy"), "calibration_data"),
 ])

@@ -46,7 +46,8 @@ def test_image_folder(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "imgs" / "cats").mkdir(parents=True)
     for i in range(3):
-        keras.utils.save_img(str(tmp_path / "imgs" / "cats" / f"{i}.png"), rng.integers(0, 255, (20, 12, 3)).astype("uint8"))
+        pixels = rng.integers(0, 255, (20, 12, 3)).astype("uint8")
+        keras.utils.save_img(str(tmp_path / "imgs" / "cats" / f"{i}.png"), pixels)
     x = load_calibration(str(tmp_path / "imgs"), (16, 16, 3))
     assert x.shape == (3, 16, 16, 3) and x.dtype == np.float32 and 1 < x.max() <= 255
     assert load_calibration(str(tmp_path / "imgs"), (16, 16, 1), scale=1 / 255).max() <= 1
