@@ -201,15 +201,16 @@ class _Progress:
     def __init__(self, stages, quiet, desc="spa-keras"):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=stages, desc=desc, disable=quiet, file=sys.stderr, leave=False,
-                        bar_format="{desc}: {postfix} {bar} {n_fmt}/{total_fmt} [{elapsed}]")
+        self.desc = desc
+        self.bar = tqdm(total=stages, desc=desc, disable=quiet, file=sys.stderr, leave=False, mininterval=0,
+                        bar_format="{desc} |{bar:20}| {n_fmt}/{total_fmt} [{elapsed}]")
         self.started = False
 
     def __call__(self, name):
         if self.started:
             self.bar.update(1)
         self.started = True
-        self.bar.set_postfix_str(name)
+        self.bar.set_description_str(f"{self.desc}: {name}")
 
     def close(self):
         if self.started:
