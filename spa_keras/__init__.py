@@ -6,7 +6,8 @@
 """
 
 from . import callbacks
-from .api import Inspection, apply, inspect, plan, prune
+from .api import Inspection, Pruner, apply, disable_model_prune, enable_model_prune, inspect, plan, prune
+from .config import PruningConfig
 from .callbacks import GroupSparsity, PruningCallback, strip
 from . import datasets
 from .io import export_for_serving, from_onnx, to_onnx
@@ -21,7 +22,8 @@ from .report import Report
 __version__ = "0.1.0"
 
 __all__ = [
-    "prune", "plan", "apply", "inspect", "Inspection", "PruningPlan", "Report", "register_layer", "LayerSpec",
+    "prune", "plan", "apply", "inspect", "Inspection", "Pruner", "PruningConfig", "enable_model_prune",
+    "disable_model_prune", "PruningPlan", "Report", "register_layer", "LayerSpec",
     "AxisRef", "callbacks", "PruningCallback", "GroupSparsity", "strip", "finetune", "from_onnx", "to_onnx", "export_for_serving", "datasets",
     "PruningError", "InvalidArgumentError", "CalibrationDataError", "RebuildError", "UnsupportedModelError",
 ]

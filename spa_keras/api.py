@@ -1,4 +1,4 @@
-"""The public face: ``prune``, ``plan``, ``apply``, ``inspect``."""
+"""The public face: ``prune``, ``plan``, ``apply``, ``inspect``, ``Pruner``, and the opt-in ``model.prune``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .metrics import count_macs, count_params
 from .plan import PruningPlan, select
 from .criteria import normalize
 from .report import Report, held_fixed
+from .config import PruningConfig
 
 
 def _resolve_ignored(kg: KerasGraph, ignored_layers) -> set:
@@ -344,7 +345,7 @@ def apply(plan_: PruningPlan):
 
 
 def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bool = False, output=None,
-          overwrite: bool = False, **kwargs):
+          overwrite: bool = False, report=None, **kwargs):
     """Remove channels for real: a new, smaller ``keras.Model`` with the same inputs and outputs (an
     ``onnx.ModelProto`` when given an ONNX model or a ``.onnx`` path).
 
@@ -352,7 +353,8 @@ def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bo
     or ``.onnx``), atomically; an existing file is kept unless ``overwrite=True``. ``steps`` > 1 prunes iteratively: the MACs (or parameters,
     with ``target_params``) fall in equal steps to where one-shot pruning would land, and the
     channels are scored again on the slimmer model between steps. With ``verbose=True`` prints the
-    before/after table.
+    before/after table. ``report``: also write the per-layer report there (see :meth:`Report.save`:
+    ``report.txt``, ``report.json`` and ``report.png`` in a folder, or ``PREFIX.txt/.json/.png``).
 
     >>> import keras, spa_keras as spa
     >>> m = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3))
@@ -360,9 +362,20 @@ def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bo
     >>> slim.count_params() < m.count_params()
     True
     """
-    if int(steps) != steps or steps < 1:
+    return _prune(model, ratio, criterion, steps, verbose, output, overwrite, report, **kwargs)[0]
+
+
+def _prune(model, ratio=0.5, criterion="l2", steps=1, verbose=False, output=None, overwrite=False, report=None,
+           **kwargs):
+    """:func:`prune`, returning ``(slim, report)`` (the report only when asked for or verbose)."""
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
+    if output is not None and os.path.exists(os.fspath(output)) and not overwrite:
+        raise InvalidArgumentError(f"{os.fspath(output)!r} exists; pass overwrite=True (--force) to replace it")
+    if report is not None:
+        Report.check_paths(report, overwrite)
     p = plan(model, ratio=ratio, criterion=criterion, **kwargs)
+    rep = None
     if steps > 1:
         by_params = kwargs.get("target_params") is not None
         counter = count_params if by_params else count_macs
@@ -377,11 +390,131 @@ def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bo
             current = apply(step_plan)
         if verbose:
             print(f"{steps} steps: {counter.__name__[6:]} {base:,} -> {counter(step_plan.graph, step_plan):,}")
-        return _save(current, output, overwrite)
-    slim = apply(p)
-    if verbose:
-        print(Report.from_plan(p).table())
-    return _save(slim, output, overwrite)
+        slim = current
+        if report is not None or verbose:
+            rep = Report.from_graphs(p.graph, read_model(slim).graph)
+    else:
+        slim = apply(p)
+        if report is not None or verbose:
+            rep = Report.from_plan(p)
+        if verbose:
+            print(rep.table())
+    _save(slim, output, overwrite)
+    if report is not None:
+        rep.save(report, overwrite=overwrite)
+    return slim, rep
+
+
+class Pruner:
+    """A stored, reusable pruning recipe: a :class:`PruningConfig` and the means to apply it.
+
+    ``Pruner(config)`` or ``Pruner(ratio=0.3, ...)`` (the arguments of :class:`PruningConfig`,
+    validated at once); ``pruner.plan(model)``, ``pruner.prune(model)`` (or ``pruner(model)``).
+    After a prune, ``pruner.report`` is the :class:`Report` of what was removed. It round-trips
+    through ``get_config``/``from_config`` like a Keras object.
+
+    >>> import keras, spa_keras as spa
+    >>> pruner = spa.Pruner(ratio=0.5, round_to=4)
+    >>> m = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10)
+    >>> slim = pruner.prune(m)
+    >>> pruner.report.macs_after < pruner.report.macs_before
+    True
+    >>> spa.Pruner.from_config(pruner.get_config()).config == pruner.config
+    True
+    """
+
+    def __init__(self, config: "PruningConfig | dict | None" = None, **kwargs):
+        if isinstance(config, dict):
+            config = PruningConfig.from_config(config)
+        if config is None:
+            config = PruningConfig(**kwargs)
+        elif not isinstance(config, PruningConfig):
+            raise InvalidArgumentError(f"config must be a spa.PruningConfig or its get_config() dict, got "
+                                       f"{type(config).__name__}")
+        elif kwargs:
+            config = config.replace(**kwargs)
+        self.config = config
+        self.report = None
+
+    def plan(self, model) -> PruningPlan:
+        """The plan this recipe makes for ``model`` (nothing is changed)."""
+        return plan(model, **self.config.plan_kwargs())
+
+    def prune(self, model, output=None, overwrite: bool = False, report=None, verbose: bool = False):
+        """The slim model (see :func:`prune` for ``output``, ``overwrite``, ``report``, ``verbose``)."""
+        kwargs = self.config.prune_kwargs()
+        slim, rep = _prune(model, output=output, overwrite=overwrite, report=report, verbose=verbose, **kwargs)
+        self.report = rep if rep is not None else _report_of(model, slim, kwargs)
+        return slim
+
+    __call__ = prune
+
+    def get_config(self) -> dict:
+        return self.config.get_config()
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Pruner":
+        return cls(PruningConfig.from_config(config))
+
+    def __repr__(self):
+        return f"Pruner({self.config!r})"
+
+
+def _report_of(model, slim, kwargs) -> Report:
+    """The report of a prune that did not make one (compares the two models layer by layer)."""
+    before = read_model(model, kwargs.get("prune_layer_norm", False)).graph
+    return Report.from_graphs(before, read_model(slim).graph)
+
+
+def _model_prune(self, method=None, config=None, *, output=None, overwrite=False, report=None, verbose=False,
+                 **kwargs):
+    """``model.prune(method=None, config=None, **kwargs)``: this model pruned, as a new ``keras.Model``.
+
+    Shaped like Keras' ``model.quantize(mode, config=...)``: ``method`` is a criterion (``"l2"``,
+    ``"taylor"``, ...) or an algorithm (``"obspa"``, ``"reconstruct"``); ``config`` a
+    :class:`PruningConfig`; keyword arguments override its settings. Unlike ``quantize``, the model
+    itself is not changed (pruning changes its architecture): the slim model is returned.
+    Available after :func:`enable_model_prune`.
+    """
+    from .config import ALGORITHMS
+
+    if method is not None:
+        kwargs["algorithm" if method in ALGORITHMS else "criterion"] = method
+    return Pruner(config, **kwargs).prune(self, output=output, overwrite=overwrite, report=report, verbose=verbose)
+
+
+def enable_model_prune() -> None:
+    """Opt in to ``model.prune(...)`` on every ``keras.Model`` (Functional and Sequential).
+
+    ``model.prune(method=None, config=None, **kwargs)`` returns the slim model, exactly as
+    ``spa.prune(model, ...)`` would; the model is not changed. Keras' classes are changed only when
+    this is called, and :func:`disable_model_prune` undoes it. If a ``prune`` method already exists
+    on ``keras.Model`` (one Keras may add one day), it is left alone and an error says so.
+
+    >>> import keras, spa_keras as spa
+    >>> spa.enable_model_prune()
+    >>> m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(2)])
+    >>> m.prune(config=spa.PruningConfig(ratio=0.5)).layers[0].units
+    8
+    >>> spa.disable_model_prune()
+    """
+    import keras
+
+    from .errors import PruningError
+
+    existing = getattr(keras.Model, "prune", None)
+    if existing is not None and existing is not _model_prune:
+        raise PruningError("keras.Model already has a 'prune' attribute that spa_keras did not add; "
+                           "it is left as it is: call spa.prune(model, ...) instead")
+    keras.Model.prune = _model_prune
+
+
+def disable_model_prune() -> None:
+    """Remove ``model.prune`` added by :func:`enable_model_prune` (nothing else is touched)."""
+    import keras
+
+    if keras.Model.__dict__.get("prune") is _model_prune:
+        del keras.Model.prune
 
 
 def _save(model, output, overwrite):
@@ -431,6 +564,14 @@ class Inspection:
         return "\n".join(lines)
 
     __repr__ = __str__
+
+    def to_dict(self) -> dict:
+        """The same as plain Python values (what ``spa-keras inspect --json`` prints)."""
+        return dict(
+            model=self.graph.name, ops=len(self.graph.nodes), macs=self.macs, params=self.params,
+            groups=[dict(root=g.root, channels=int(g.size), ops=len(g.nodes)) for g in self.groups],
+            held_fixed=self.held_fixed,
+        )
 
 
 def inspect(model) -> Inspection:

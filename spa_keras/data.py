@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .errors import InvalidArgumentError
@@ -76,3 +78,113 @@ def iterate_batches(data, batch_size: int = 32, max_samples: int | None = None):
         seen += n
         if max_samples is not None and seen >= max_samples:
             break
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def _channels_first(input_shape) -> bool:
+    """An image input laid out NCHW (an ONNX model's): few channels first, many last."""
+    return len(input_shape) == 3 and input_shape[0] in (1, 3, 4) and input_shape[-1] not in (1, 3, 4)
+
+
+def _check_shape(x, input_shape, source):
+    shape = tuple(input_shape)
+    if x.ndim == len(shape):  # one sample
+        x = x[None]
+    if x.ndim != len(shape) + 1 or any(d is not None and d != s for d, s in zip(shape, x.shape[1:])):
+        want = "(N, " + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+        raise InvalidArgumentError(f"{source}: arrays of shape {x.shape} do not fit the model's input {want}")
+    return x
+
+
+def _load_images(folder, input_shape, scale):
+    import keras
+
+    files = sorted(
+        os.path.join(root, f) for root, _, names in os.walk(folder)
+        for f in names if f.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not files:
+        raise InvalidArgumentError(f"{folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise InvalidArgumentError(f"{folder!r}: images need a model with an image input (H, W, C); "
+                                   f"this one takes {shape}")
+    first = _channels_first(shape)
+    h, w, c = (shape[1], shape[2], shape[0]) if first else shape
+    if c not in (1, 3, 4):
+        raise InvalidArgumentError(f"{folder!r}: the model's input has {c} channels; images give 1, 3 or 4")
+    mode = {1: "grayscale", 3: "rgb", 4: "rgba"}[c]
+    size = (h, w) if h is not None and w is not None else None
+    arrays = []
+    for f in files:
+        try:
+            img = keras.utils.load_img(f, color_mode=mode, target_size=size)
+        except Exception as e:  # noqa: BLE001 - an unreadable image is bad input
+            raise InvalidArgumentError(f"could not read image {f!r}: {e}") from e
+        arrays.append(keras.utils.img_to_array(img, dtype="float32"))
+    if len({a.shape for a in arrays}) > 1:
+        raise InvalidArgumentError(f"{folder!r}: the images differ in size and the model's input has no fixed size")
+    x = np.stack(arrays) * np.float32(scale)
+    return np.transpose(x, (0, 3, 1, 2)) if first else x
+
+
+def load_arrays(path, input_shape, max_samples: int | None = None, scale: float = 1.0):
+    """``(x, y)`` from a file or folder, ``x`` float32 shaped ``(N, *input_shape)``; ``y`` is None
+    unless a ``.npz`` holds ``y``. See :func:`load_calibration` for what is read."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InvalidArgumentError(f"data {path!r} does not exist")
+    y = None
+    if os.path.isdir(path):
+        x = _load_images(path, input_shape, scale)
+    elif path.endswith((".npy", ".npz")):
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001
+            raise InvalidArgumentError(f"could not read {path!r} as NumPy data: {e}") from e
+        if path.endswith(".npz"):
+            keys = list(loaded.keys())
+            if not keys:
+                raise InvalidArgumentError(f"{path!r} holds no arrays")
+            key = "x" if "x" in keys else keys[0]
+            x = loaded[key]
+            y = loaded["y"] if "y" in keys else None
+        else:
+            x = loaded
+        if not np.issubdtype(x.dtype, np.number):
+            raise InvalidArgumentError(f"{path!r}: expected numbers, got an array of {x.dtype}")
+        x = x.astype("float32") * np.float32(scale) if scale != 1.0 else x.astype("float32")
+    else:
+        raise InvalidArgumentError(f"{path!r}: expected a .npy or .npz file, or a folder of images")
+    x = _check_shape(x, input_shape, path)
+    if y is not None and len(y) != len(x):
+        raise InvalidArgumentError(f"{path!r}: x has {len(x)} samples but y has {len(y)}")
+    if max_samples is not None:
+        x = x[:max_samples]
+        y = None if y is None else y[:max_samples]
+    return x, y
+
+
+def load_calibration(path, input_shape, max_samples: int | None = None, scale: float = 1.0) -> np.ndarray:
+    """Calibration inputs from a file or folder, as a float32 array ``(N, *input_shape)``.
+
+    - ``.npy``: an array of samples (or one sample);
+    - ``.npz``: the array named ``x``, else the first one;
+    - a folder (searched recursively, sorted by path) of ``.png``/``.jpg``/``.bmp``/``.gif`` images,
+      resized to the input's height and width, with its channels (1: grayscale, 3: RGB, 4: RGBA);
+      an NCHW input (an ONNX model's, ``(3, H, W)``) gets NCHW arrays. Pixels are 0-255 as
+      ``keras.utils.load_img`` reads them, times ``scale`` (``1/255`` for 0-1).
+
+    ``input_shape`` is the model's input shape without the batch axis (``None`` matches any size).
+    At most ``max_samples`` samples are kept.
+
+    >>> import numpy as np, tempfile, os
+    >>> from spa_keras.data import load_calibration
+    >>> path = os.path.join(tempfile.mkdtemp(), "calib.npy")
+    >>> np.save(path, np.zeros((4, 8, 8, 3)))
+    >>> load_calibration(path, (8, 8, 3)).shape
+    (4, 8, 8, 3)
+    """
+    return load_arrays(path, input_shape, max_samples, scale)[0]

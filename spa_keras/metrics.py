@@ -50,29 +50,97 @@ def count_params(graph: Graph, plan=None) -> int:
     return total
 
 
-def measure_latency(model, batch_size: int = 8, repeats: int = 10, warmup: int = 2, input_data=None) -> dict:
-    """Median and best wall time of ``model(x, training=False)`` on this machine, in seconds.
+def _random(shape, dtype, rng):
+    dtype = str(dtype)
+    if "int" in dtype:
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype if "float" in dtype else "float32")
 
-    >>> # measure_latency(keras.applications.ResNet50(weights=None), batch_size=8)["median_s"]
-    """
+
+def _runner(model, batch_size, input_data):
+    """``(call, batch_size)``: a function running ``model`` once on a fixed batch."""
+    rng = np.random.default_rng(0)
+    if type(model).__module__.startswith("onnx"):
+        import onnxruntime as ort
+        from onnx import helper
+
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        feeds = {}
+        for i in session.get_inputs():
+            dims = [d if isinstance(d, int) else None for d in i.shape]
+            if dims and dims[0] is not None:
+                batch_size = dims[0]  # a fixed batch axis decides
+            shape = [batch_size] + [d or 1 for d in dims[1:]]
+            np_type = helper.tensor_dtype_to_np_dtype(
+                {"tensor(float)": 1, "tensor(double)": 11, "tensor(int64)": 7, "tensor(int32)": 6}.get(i.type, 1))
+            feeds[i.name] = _random(shape, np_type, rng)
+        if input_data is not None:
+            feeds = dict(zip(feeds, keras_flatten(input_data)))
+        return (lambda: session.run(None, feeds)), batch_size
+    if hasattr(model, "structured_input_signature"):  # a SavedModel signature (ConcreteFunction)
+        import tensorflow as tf
+
+        specs = model.structured_input_signature[1]
+        for spec in specs.values():
+            if spec.shape.rank and spec.shape[0] is not None:
+                batch_size = spec.shape[0]
+        feeds = {k: tf.constant(_random((batch_size,) + tuple(d or 1 for d in spec.shape[1:]), spec.dtype.name, rng))
+                 for k, spec in specs.items()}
+        if input_data is not None:
+            feeds = {k: tf.constant(v) for k, v in zip(feeds, keras_flatten(input_data))}
+
+        def call():
+            return {k: v.numpy() for k, v in model(**feeds).items()}
+
+        return call, batch_size
     import keras
 
     if input_data is None:
-        rng = np.random.default_rng(0)
-        input_data = [
-            rng.standard_normal((batch_size,) + tuple(int(d or 1) for d in x.shape[1:])).astype(
-                x.dtype if "float" in str(x.dtype) else "float32"
-            )
-            for x in model.inputs
-        ]
+        input_data = [_random((batch_size,) + tuple(int(d or 1) for d in x.shape[1:]), x.dtype, rng)
+                      for x in model.inputs]
         input_data = input_data[0] if len(input_data) == 1 else input_data
+    else:
+        batch_size = len(keras.tree.flatten(input_data)[0])
     x = keras.tree.map_structure(keras.ops.convert_to_tensor, input_data)
+
+    def call():
+        out = model(x, training=False)
+        keras.tree.map_structure(lambda y: np.asarray(y), out)
+
+    return call, batch_size
+
+
+def keras_flatten(data):
+    return list(data.values()) if isinstance(data, dict) else list(data) if isinstance(data, (list, tuple)) else [data]
+
+
+def measure_latency(model, batch_size: int = 8, repeats: int = 10, warmup: int = 2, input_data=None,
+                    progress=None) -> dict:
+    """Median and best wall time of one batch on this machine, in seconds, and the throughput.
+
+    ``model``: a ``keras.Model`` (run as ``model(x, training=False)``), an ``onnx.ModelProto`` (run in
+    onnxruntime on the CPU) or a SavedModel signature (``tf.saved_model.load(d).signatures[...]``).
+    Inputs are random unless ``input_data`` is given; a model whose batch axis is fixed runs at that
+    batch size. ``progress``: a callable told after each timed run (a progress bar's ``update``).
+    Returns ``{"median_s", "best_s", "batch_size", "samples_per_s"}`` (throughput at the median).
+
+    >>> import keras
+    >>> from spa_keras.metrics import measure_latency
+    >>> m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    >>> r = measure_latency(m, batch_size=4, repeats=3)
+    >>> r["batch_size"], r["samples_per_s"] > 0
+    (4, True)
+    """
+    call, batch_size = _runner(model, batch_size, input_data)
     for _ in range(warmup):
-        model(x, training=False)
+        call()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out = model(x, training=False)
-        keras.tree.map_structure(lambda y: np.asarray(y), out)
+        call()
         times.append(time.perf_counter() - t0)
-    return {"median_s": float(np.median(times)), "best_s": float(np.min(times)), "batch_size": batch_size}
+        if progress is not None:
+            progress()
+    median = float(np.median(times))
+    return {"median_s": median, "best_s": float(np.min(times)), "batch_size": int(batch_size),
+            "samples_per_s": float(batch_size / median) if median > 0 else float("inf")}

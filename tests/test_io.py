@@ -44,3 +44,21 @@ def test_save_model_is_atomic_and_refuses_to_overwrite(tmp_path):
     assert (tmp_path / "m.keras").stat().st_size == size
     with pytest.raises(spa.InvalidArgumentError, match=".keras or .h5"):
         save_model(small(), str(tmp_path / "m.txt"))
+
+
+def test_a_saved_model_directory_is_copied_in_as_a_new_version(tmp_path):
+    import os
+    import stat
+
+    import tensorflow as tf
+
+    base = str(tmp_path / "m")
+    first = spa.export_for_serving(small(), base)
+    assert stat.S_IMODE(os.stat(first).st_mode) & 0o055, "readable by TF Serving running as another user"
+    second = spa.export_for_serving(first, base)
+    assert second.endswith("/2")
+    assert "serving_default" in tf.saved_model.load(second).signatures
+    with pytest.raises(spa.InvalidArgumentError, match="not a SavedModel"):
+        spa.export_for_serving(str(tmp_path), base)
+    with pytest.raises(spa.InvalidArgumentError, match="positive integer"):
+        spa.export_for_serving(small(), base, version=0)

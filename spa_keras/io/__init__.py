@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import tempfile
 
@@ -23,6 +24,12 @@ def load_model(path: str):
         raise UnsupportedModelError(f"could not load {path!r} as a Keras model: {e}") from e
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, write, overwrite: bool = False, suffixes=None) -> str:
     """Call ``write(tmp_path)`` for a temporary file in ``path``'s folder, then rename it to ``path``:
     ``path`` is either absent, the old file, or complete, whatever happens during the write."""
@@ -36,6 +43,7 @@ def atomic_write(path: str, write, overwrite: bool = False, suffixes=None) -> st
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it private; a saved file is as readable as any other
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -79,29 +87,58 @@ def to_onnx(model, path: str | None = None, opset: int = 17, overwrite: bool = F
     return proto
 
 
+def _version_dir(base_dir: str, version) -> str:
+    """``base_dir/<version>``: the next version by default; an existing one is an error."""
+    os.makedirs(base_dir, exist_ok=True)
+    versions = [int(d) for d in os.listdir(base_dir) if d.isdigit()]
+    if version is None:
+        version = max(versions, default=0) + 1
+    if isinstance(version, bool) or not isinstance(version, numbers.Integral) or version < 1:
+        raise InvalidArgumentError(f"version must be a positive integer, got {version!r}")
+    target = os.path.join(base_dir, str(int(version)))
+    if os.path.exists(target):
+        raise InvalidArgumentError(f"{target!r} exists: TF Serving versions are never overwritten; pick another")
+    return target
+
+
+def _publish(base_dir: str, target: str, write) -> str:
+    """``write(tmp)`` into a temporary folder in ``base_dir``, then rename it to ``target``."""
+    import shutil
+
+    tmp = tempfile.mkdtemp(prefix=".spa-", dir=base_dir)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private; TF Serving may run as another user
+        os.rename(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    return target
+
+
 def export_for_serving(model, base_dir: str, version: int | None = None) -> str:
     """Export ``model`` as a SavedModel in the TF Serving layout, ``base_dir/<version>/``.
 
     The version defaults to one more than the largest already there (1 for a new folder); an existing
     version is never overwritten. The ``serving_default`` signature takes the model's input names and
     returns its output names. Written under a temporary name, then renamed. Returns the version folder.
+    ``model`` may also be the path of a SavedModel directory, which is checked (it must load and have
+    a ``serving_default`` signature) and copied in as the new version.
 
-    >>> # spa.export_for_serving(slim, "models/my_model")   # -> models/my_model/1
+    >>> import os, tempfile, keras, spa_keras as spa
+    >>> inp = keras.Input((4,), name="features")
+    >>> m = keras.Model(inp, keras.layers.Dense(2, name="scores")(inp))
+    >>> base = os.path.join(tempfile.mkdtemp(), "my_model")
+    >>> os.path.basename(spa.export_for_serving(m, base))      # base/1, then base/2, ...
+    '1'
     """
-    import shutil
-
     import keras
     import tensorflow as tf
 
-    os.makedirs(base_dir, exist_ok=True)
-    versions = [int(d) for d in os.listdir(base_dir) if d.isdigit()]
-    if version is None:
-        version = max(versions, default=0) + 1
-    if int(version) != version or version < 1:
-        raise InvalidArgumentError(f"version must be a positive integer, got {version!r}")
-    target = os.path.join(base_dir, str(int(version)))
-    if os.path.exists(target):
-        raise InvalidArgumentError(f"{target!r} exists: TF Serving versions are never overwritten; pick another")
+    base_dir = os.fspath(base_dir)
+    if isinstance(model, (str, os.PathLike)):
+        return _copy_saved_model(os.fspath(model), base_dir, version)
+    target = _version_dir(base_dir, version)
     in_names = [x.name.split(":")[0] for x in model.inputs]
     out_names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
     spec = [tf.TensorSpec(x.shape, x.dtype, name=n) for x, n in zip(model.inputs, in_names)]
@@ -113,11 +150,27 @@ def export_for_serving(model, base_dir: str, version: int | None = None) -> str:
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serve, input_signature=spec)
-    tmp = tempfile.mkdtemp(prefix=".spa-", dir=base_dir)
+    return _publish(base_dir, target, lambda tmp: archive.write_out(tmp, verbose=False))
+
+
+def _copy_saved_model(src: str, base_dir: str, version) -> str:
+    import shutil
+
+    import tensorflow as tf
+
+    if not os.path.exists(os.path.join(src, "saved_model.pb")):
+        raise InvalidArgumentError(f"{src!r} is not a SavedModel directory (no saved_model.pb)")
     try:
-        archive.write_out(tmp, verbose=False)
-        os.rename(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-    return target
+        loaded = tf.saved_model.load(src)
+    except Exception as e:  # noqa: BLE001 - an unreadable directory is bad input
+        raise InvalidArgumentError(f"could not load {src!r} as a SavedModel: {e}") from e
+    if "serving_default" not in loaded.signatures:
+        raise InvalidArgumentError(f"{src!r} has no serving_default signature (it has {list(loaded.signatures)}); "
+                                   "TF Serving would not know what to call")
+    target = _version_dir(base_dir, version)
+
+    def copy(tmp):
+        os.rmdir(tmp)
+        shutil.copytree(src, tmp)
+
+    return _publish(base_dir, target, copy)
