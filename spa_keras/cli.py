@@ -108,20 +108,14 @@ def _config(args):
     from spa_keras.config import PruningConfig
 
     normalization = None if str(args.normalization).lower() in ("none", "null") else args.normalization
-    extra = {}
-    if args.algorithm is not None:
-        extra["algorithm"] = args.algorithm
-    if args.calibration_samples is not None:
-        extra["calibration_samples"] = args.calibration_samples
-    if args.data_free is not None:
-        extra["data_free"] = args.data_free
     return PruningConfig(
         ratio=args.ratio, criterion=args.criterion, global_pruning=args.global_pruning,
         ignored_layers=args.ignore or None, round_to=args.round_to, max_ratio=args.max_ratio,
         group_reduction=args.group_reduction, normalization=normalization,
         ratio_per_layer=dict(args.ratio_per_layer) or None, target_macs=args.target_macs,
         target_params=args.target_params, prune_layer_norm=args.prune_layer_norm, steps=args.steps,
-        loss=args.loss, **extra,
+        loss=args.loss, algorithm=args.algorithm, calibration_samples=args.calibration_samples,
+        data_free=args.data_free or "bn",
     )
 
 
@@ -257,8 +251,8 @@ def _check_outputs(args):
     return report
 
 
-def _prune(model, config, stage):
-    """``(slim, report)`` with a stage per step of the work."""
+def _prune(model, config, stage, quiet=False):
+    """``(slim, report)`` with a stage per step of the work (the algorithms show their own bars)."""
     import spa_keras as spa
     from spa_keras.api import _prune
 
@@ -266,7 +260,7 @@ def _prune(model, config, stage):
         stage(f"pruning in {config.steps} steps")
         return _prune(model, report=None, verbose=False, **config.prune_kwargs())[0], None
     stage("scoring channels and planning")
-    plan = spa.plan(model, **config.plan_kwargs())
+    plan = spa.plan(model, verbose=False if quiet else None, **config.plan_kwargs())
     stage("rebuilding the slim model")
     slim = spa.apply(plan)
     return slim, spa.Report.from_plan(plan)
@@ -281,7 +275,7 @@ def cmd_prune(args) -> int:
         stage("loading model")
         model = _load(args.model, "prune")
         config = _with_data(config, model, args)
-        slim, report = _prune(model, config, stage)
+        slim, report = _prune(model, config, stage, args.quiet)
         if report is None:
             stage("comparing the models")
             report = _report_of(model, slim, config.prune_kwargs())
@@ -415,7 +409,7 @@ def cmd_demo(args) -> int:
         config = _with_data(config, model, args)
         t0 = time.perf_counter()
         stage("scoring channels and planning")
-        plan = spa.plan(model, **config.plan_kwargs())
+        plan = spa.plan(model, verbose=False if quiet else None, **config.plan_kwargs())
         t1 = time.perf_counter()
         stage("rebuilding the slim model")
         spa.apply(plan)

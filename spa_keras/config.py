@@ -12,13 +12,12 @@ from __future__ import annotations
 import math
 import numbers
 
+from . import algorithms
 from .criteria.base import NORMALIZATIONS, REDUCTIONS
 from .errors import InvalidArgumentError
 
-ALGORITHMS = (None, "obspa", "reconstruct")
-DATA_FREE = ("bn", "random")
-# settings whose default means "not asked for": they reach spa.prune only when set
-_ALGORITHM_DEFAULTS = dict(algorithm=None, calibration_data=None, calibration_samples=512, data_free="bn")
+ALGORITHMS = (None,) + algorithms.ALGORITHMS
+DATA_FREE = algorithms.SOURCES
 _RUNTIME = ("data", "loss", "calibration_data")
 
 
@@ -71,7 +70,8 @@ class PruningConfig:
     criteria (``data``, ``loss``); and the post-training algorithms' settings: ``algorithm``
     (``None``, ``"obspa"``, ``"reconstruct"``), ``calibration_data`` (``tf.data.Dataset``, NumPy array
     or generator of input batches), ``calibration_samples`` (how many samples to use) and
-    ``data_free`` (``"bn"`` or ``"random"``: OBSPA's synthetic source when no calibration data is given).
+    ``data_free`` (``"bn"`` or ``"random"``: OBSPA's synthetic source when no calibration data is given)
+    and ``algorithm_options`` (checked against ``spa_keras.algorithms.OPTIONS``).
 
     Every argument is validated here, with a message naming it; ``get_config()`` is a JSON-able dict
     (data left out, as ``None``) and ``from_config`` rebuilds an equal config.
@@ -106,8 +106,9 @@ class PruningConfig:
         loss=None,
         algorithm: str | None = None,
         calibration_data=None,
-        calibration_samples: int = 512,
+        calibration_samples: int | None = None,
         data_free: str = "bn",
+        algorithm_options: dict | None = None,
     ):
         from .criteria import CRITERIA
 
@@ -163,8 +164,18 @@ class PruningConfig:
                 f"{type(calibration_data).__name__} (load a file with spa_keras.data.load_calibration)"
             )
         self.calibration_data = calibration_data
-        self.calibration_samples = _positive_int("calibration_samples", calibration_samples)
+        self.calibration_samples = (None if calibration_samples is None
+                                    else _positive_int("calibration_samples", calibration_samples))
         self.data_free = _choice("data_free", data_free, DATA_FREE)
+        if algorithm_options is not None:
+            if not isinstance(algorithm_options, dict):
+                raise InvalidArgumentError(f"algorithm_options must be a dict, got {algorithm_options!r}")
+            if algorithm_options and self.algorithm is None and calibration_data is None:
+                raise InvalidArgumentError("algorithm_options are given but no algorithm: set algorithm='obspa' "
+                                           "or 'reconstruct'")
+            algorithms.check(self.algorithm or "obspa", algorithm_options)
+            algorithm_options = dict(algorithm_options) or None
+        self.algorithm_options = algorithm_options
 
     def get_config(self) -> dict:
         """A JSON-able dict of the settings; data (``data``, ``loss``, ``calibration_data``) is only
@@ -194,15 +205,8 @@ class PruningConfig:
         return cls(**config)
 
     def prune_kwargs(self) -> dict:
-        """The keyword arguments for :func:`spa_keras.prune`. The algorithm settings are included only
-        where they differ from their defaults, so a config that does not ask for an algorithm works
-        with every version of ``spa.prune``."""
-        out = {k: getattr(self, k) for k in _fields() if k not in _ALGORITHM_DEFAULTS}
-        for k, default in _ALGORITHM_DEFAULTS.items():
-            v = getattr(self, k)
-            if (v is not None) if default is None else (v != default):
-                out[k] = v
-        return out
+        """The keyword arguments for :func:`spa_keras.prune`."""
+        return {k: getattr(self, k) for k in _fields()}
 
     def plan_kwargs(self) -> dict:
         """The keyword arguments for :func:`spa_keras.plan` (``prune_kwargs`` without ``steps``)."""

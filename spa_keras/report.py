@@ -27,6 +27,7 @@ class Report:
     params_after: int
     rows: list = field(default_factory=list)
     held_fixed: list = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # how the plan was made (criterion, algorithm, samples, ...)
 
     @classmethod
     def from_plan(cls, plan: PruningPlan) -> "Report":
@@ -49,8 +50,9 @@ class Report:
                     macs_after=int(node_macs(g, node, plan)),
                 )
             )
+        settings = {k: v for k, v in plan.settings.items() if isinstance(v, (str, int, float, bool, list, type(None)))}
         return cls(g.name, count_macs(g), count_macs(g, plan), count_params(g), count_params(g, plan), rows,
-                   held_fixed(g))
+                   held_fixed(g), settings)
 
     @classmethod
     def from_graphs(cls, before, after) -> "Report":
@@ -87,6 +89,7 @@ class Report:
             params_after=self.params_after,
             layers=self.rows,
             held_fixed=self.held_fixed,
+            settings=self.settings,
         )
 
     def to_json(self, path: str | None = None, overwrite: bool = False) -> str:

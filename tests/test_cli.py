@@ -201,3 +201,23 @@ def test_export_onnx_and_bench(tiny_file, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["slim"]["macs"] < res["original"]["macs"] and res["slim"]["median_s"] > 0
+
+
+def test_prune_with_calibration_data_and_obspa(tiny_file, tmp_path):
+    import json
+
+    x = np.random.default_rng(0).standard_normal((40, 16, 16, 3)).astype("float32")
+    np.save(tmp_path / "cal.npy", x)
+    out = str(tmp_path / "obspa.keras")
+    r = run("prune", tiny_file, "-o", out, "--algorithm", "obspa", "--calibration", str(tmp_path / "cal.npy"),
+            "--calibration-samples", "32", "--ratio", "0.5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "OBSPA" in r.stderr  # its progress bars
+    slim = keras.saving.load_model(out)
+    assert slim.get_layer("c1").filters == 4 and slim.get_layer("c2").filters == 4
+    report = json.loads((tmp_path / "obspa.report.json").read_text())
+    assert report["settings"]["algorithm"] == "obspa" and report["settings"]["samples"] == 32
+    bad = tmp_path / "bad.npy"
+    np.save(bad, x[:, :8])
+    r = run("-q", "prune", tiny_file, "-o", str(tmp_path / "b.keras"), "--calibration", str(bad), "--no-report")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "shape" in r.stderr

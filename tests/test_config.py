@@ -53,11 +53,17 @@ def test_every_argument_is_validated(bad, word):
         spa.PruningConfig(**bad)
 
 
-def test_algorithm_settings_reach_prune_only_when_set():
+def test_algorithm_settings_reach_prune():
     kw = spa.PruningConfig(ratio=0.4).prune_kwargs()
-    assert not {"algorithm", "calibration_data", "calibration_samples", "data_free"} & set(kw)
-    kw = spa.PruningConfig(algorithm="reconstruct", calibration_samples=128, data_free="random").prune_kwargs()
+    assert kw["algorithm"] is None and kw["calibration_samples"] is None and kw["algorithm_options"] is None
+    kw = spa.PruningConfig(algorithm="reconstruct", calibration_samples=128, data_free="random",
+                           algorithm_options={"epochs": (2, 3)}).prune_kwargs()
     assert kw["algorithm"] == "reconstruct" and kw["calibration_samples"] == 128 and kw["data_free"] == "random"
+    assert kw["algorithm_options"] == {"epochs": (2, 3)}
+    with pytest.raises(spa.InvalidArgumentError, match="no option 'damp'"):
+        spa.PruningConfig(algorithm="reconstruct", algorithm_options={"damp": 0.1})
+    with pytest.raises(spa.InvalidArgumentError, match="no algorithm"):
+        spa.PruningConfig(algorithm_options={"damp": 0.1})
     with pytest.raises(spa.InvalidArgumentError, match="unknown"):
         spa.PruningConfig.from_config({"ratio": 0.5, "rate": 0.5})
 

@@ -1,12 +1,14 @@
 """Post-training algorithms: OBSPA (structured Optimal Brain Surgeon with weight compensation) and the
-two-phase reconstruction, with the inputs they learn from (calibration samples or synthetic ones)."""
+two-phase reconstruction, with the inputs they learn from (calibration samples or synthetic ones).
+
+This module itself imports no TensorFlow (the configuration checks it before a model is loaded)."""
 
 from __future__ import annotations
 
 from ..errors import InvalidArgumentError
-from .sources import SOURCES, calibration_inputs, synthetic_inputs
 
 ALGORITHMS = ("obspa", "reconstruct")
+SOURCES = ("bn", "random")  # data-free sources of synthetic inputs (see .sources)
 
 #: options each algorithm takes through ``algorithm_options`` (with their defaults)
 OPTIONS = {
@@ -35,6 +37,8 @@ def inputs_for(kg, calibration_data, samples: int | None, data_free: str, steps:
     ``samples`` synthetic inputs from ``data_free`` (``"bn"`` or ``"random"``)."""
     from tqdm.auto import tqdm
 
+    from .sources import calibration_inputs, synthetic_inputs
+
     if calibration_data is not None:
         return calibration_inputs(kg, calibration_data, samples or 512)
     n = samples or 256
@@ -42,4 +46,4 @@ def inputs_for(kg, calibration_data, samples: int | None, data_free: str, steps:
         return synthetic_inputs(kg, n, data_free, steps=steps, progress=bar)
 
 
-__all__ = ["ALGORITHMS", "OPTIONS", "SOURCES", "check", "inputs_for", "calibration_inputs", "synthetic_inputs"]
+__all__ = ["ALGORITHMS", "OPTIONS", "SOURCES", "check", "inputs_for"]

@@ -18,8 +18,7 @@ import tensorflow as tf
 
 from ..data import iterate_batches
 from ..errors import CalibrationDataError, InvalidArgumentError
-
-SOURCES = ("bn", "random")
+from . import SOURCES
 
 
 def _model_inputs(kg):
