@@ -123,19 +123,21 @@ def synthetic_inputs(kg, n: int, source: str = "bn", steps: int = 200, batch_siz
             total += tf.reduce_mean(tf.square(m - mean)) + tf.reduce_mean(tf.square(tf.sqrt(v + 1e-8) - std))
         return total / len(stats)
 
-    @tf.function(reduce_retracing=True)
-    def step(xs, opt):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(xs)
-        opt.apply_gradients(zip(tape.gradient(loss, xs), xs))
-        return loss
-
     out = [[] for _ in specs]
     for start in range(0, n, batch_size):
         xs = [tf.Variable(a[start:start + batch_size]) for a in noise]
         opt = keras.optimizers.Adam(learning_rate=0.1)
+        opt.build(xs)  # its slots exist before the step is traced
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = loss_fn(xs)
+            opt.apply_gradients(zip(tape.gradient(loss, xs), xs))
+            return loss
+
         for _ in range(steps):
-            step(xs, opt)
+            step()
         for i, v in enumerate(xs):
             out[i].append(v.numpy())
         if progress is not None:
