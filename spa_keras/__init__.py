@@ -14,7 +14,16 @@ from .finetune import finetune
 from .frontends.keras import Spec as LayerSpec
 from .frontends.keras import register_layer
 from .graph import AxisRef
-from .errors import InvalidArgumentError, PruningError, RebuildError, UnsupportedModelError
+from .errors import (
+    CalibrationDataError,
+    InvalidArgumentError,
+    ModelFileError,
+    NonFiniteWeightsError,
+    OutputExistsError,
+    PruningError,
+    RebuildError,
+    UnsupportedModelError,
+)
 from .plan import PruningPlan
 from .report import Report
 
@@ -23,5 +32,6 @@ __version__ = "0.1.0"
 __all__ = [
     "prune", "plan", "apply", "inspect", "Inspection", "PruningPlan", "Report", "register_layer", "LayerSpec",
     "AxisRef", "callbacks", "PruningCallback", "GroupSparsity", "strip", "finetune", "from_onnx", "to_onnx", "export_for_serving", "datasets",
-    "PruningError", "InvalidArgumentError", "RebuildError", "UnsupportedModelError",
+    "PruningError", "InvalidArgumentError", "RebuildError", "UnsupportedModelError", "CalibrationDataError",
+    "ModelFileError", "NonFiniteWeightsError", "OutputExistsError",
 ]

@@ -55,7 +55,7 @@ def _run(args) -> int:
         return 0
     if args.command == "prune":
         if os.path.exists(args.output) and not args.force:
-            raise spa.InvalidArgumentError(f"{args.output!r} exists; pass --force to overwrite it")
+            raise spa.OutputExistsError(f"{args.output!r} exists; pass --force to overwrite it")
         if args.output.endswith(".onnx") != args.model.endswith(".onnx"):
             raise spa.InvalidArgumentError("the output must be of the input's kind (.onnx -> .onnx, Keras -> .keras/.h5); "
                                            "convert with spa.from_onnx / spa.to_onnx")
