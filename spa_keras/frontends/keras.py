@@ -663,7 +663,8 @@ def functional_of(model):
     raise UnsupportedModelError(
         f"{type(model).__name__} {getattr(model, 'name', '')!r} is a subclassed model without a "
         "functional graph: build it with the Functional API (keras.Model(inputs, outputs)) or as a "
-        "keras.Sequential, so that spa_keras can see how its layers connect"
+        "keras.Sequential, so that spa_keras can see how its layers connect; a custom layer inside such "
+        "a model is described to spa_keras with spa.register_layer"
     )
 
 
