@@ -35,8 +35,9 @@ ZERO_PRESERVING = ["relu", "swish", "gelu", "tanh", "elu", "linear"]
 NOT_ZERO_PRESERVING = ["sigmoid", "softplus"]
 
 CONV_OPS = ["conv", "conv", "conv", "grouped", "depthwise", "separable", "transpose", "bn", "bn", "act", "add", "add",
-            "concat", "concat", "se", "pool", "pad_crop", "upsample", "dropout", "nested", "shared", "ops"]
-SEQ_OPS = ["lstm", "gru", "rnn", "bidirectional", "mha", "einsum", "dense"]
+            "concat", "concat", "se", "pool", "pad_crop", "upsample", "dropout", "nested", "shared", "ops", "strided",
+            "norm", "slice", "dense", "multiply", "scale"]
+SEQ_OPS = ["lstm", "gru", "rnn", "bidirectional", "mha", "einsum"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,6 +267,40 @@ def _build_op(kind, name, a, b, w, k, v, act_name, act, tensors, rank, conv, cou
                 return _T(L.Add(name=f"{name}_sum")([t, t2]), w, a.s)
             tensors.append(_T(t2, w, p.s))
         return _T(t, w, a.s)
+    if kind == "strided":
+        if a.s < 4:
+            return None
+        if v < 2:  # stride 2, "same" or "valid"
+            pad = "same" if v == 0 else "valid"
+            out_s = (a.s + 1) // 2 if pad == "same" else (a.s - k) // 2 + 1
+            return _T(conv(w, k, strides=2, padding=pad, name=name)(a.t), w, out_s)
+        if v == 2:  # dilated
+            return _T(conv(w, 3, dilation_rate=2, padding="same", name=name)(a.t), w, a.s)
+        return _T(conv(w, 3, padding="valid", name=name)(a.t), w, a.s - 2)
+    if kind == "norm":  # normalisations across channels are held fixed; the stream around them must stay whole
+        layer = [L.LayerNormalization(name=name), L.UnitNormalization(name=name),
+                 L.GroupNormalization(groups=1, name=name), L.BatchNormalization(center=False, name=name)][v]
+        return _T(layer(a.t), a.c, a.s)
+    if kind == "slice":
+        if a.s < 3:
+            return None
+        key = (slice(None),) + (slice(1, None),) * rank
+        return _T(a.t[key], a.c, a.s - 1)
+    if kind == "dense":  # a Dense layer acts on the channel axis of any rank
+        return _T(L.Dense(w, activation=act(act_name), name=name)(a.t), w, a.s)
+    if kind == "multiply":
+        if not same:
+            return None
+        cls = [L.Multiply, L.Multiply, L.Average, L.Minimum][v]
+        return _T(cls(name=name)([a.t, same[0].t]), a.c, a.s)
+    if kind == "scale":
+        if v == 0:
+            return _T(L.Rescaling(0.5, name=name)(a.t), a.c, a.s)
+        if v == 1:
+            return _T(L.PReLU(shared_axes=list(range(1, rank + 1)), name=name)(a.t), a.c, a.s)
+        if v == 2:
+            return _T(L.GaussianNoise(0.1, name=name)(a.t), a.c, a.s)
+        return _T(L.Identity(name=name)(a.t), a.c, a.s)
     if kind == "ops":
         fn = [keras.ops.relu, keras.ops.silu, keras.ops.abs, lambda x: keras.ops.clip(x, -1.0, 1.0)][v]
         return _T(fn(a.t), a.c, a.s)
@@ -282,8 +317,6 @@ def _build_op(kind, name, a, b, w, k, v, act_name, act, tensors, rank, conv, cou
         return _T(L.MultiHeadAttention(heads, w, name=name)(a.t, a.t), a.c, a.s)
     if kind == "einsum":
         return _T(L.EinsumDense("abc,cd->abd", output_shape=(a.s, w), bias_axes="d", name=name)(a.t), w, a.s)
-    if kind == "dense":
-        return _T(L.Dense(w, activation=act(act_name), name=name)(a.t), w, a.s)
     raise ValueError(f"unknown op {kind!r}")
 
 
