@@ -36,7 +36,7 @@ NOT_ZERO_PRESERVING = ["sigmoid", "softplus"]
 
 CONV_OPS = ["conv", "conv", "conv", "grouped", "depthwise", "separable", "transpose", "bn", "bn", "act", "add", "add",
             "concat", "concat", "se", "pool", "pad_crop", "upsample", "dropout", "nested", "shared", "ops", "strided",
-            "norm", "slice", "dense", "multiply", "scale"]
+            "norm", "slice", "dense", "multiply", "scale", "held"]
 SEQ_OPS = ["lstm", "gru", "rnn", "bidirectional", "mha", "einsum"]
 
 
@@ -301,6 +301,16 @@ def _build_op(kind, name, a, b, w, k, v, act_name, act, tensors, rank, conv, cou
         if v == 2:
             return _T(L.GaussianNoise(0.1, name=name)(a.t), a.c, a.s)
         return _T(L.Identity(name=name)(a.t), a.c, a.s)
+    if kind == "held":  # ops that read across channels: their streams are held fixed, never guessed
+        if v == 0:
+            return _T(a.t[..., : max(1, a.c // 2)], max(1, a.c // 2), a.s)
+        if v == 1:
+            return _T(keras.ops.mean(a.t, axis=-1, keepdims=True), 1, a.s)
+        if v == 2:
+            return _T(L.Softmax(name=name)(a.t), a.c, a.s)
+        if rank == 1 and same:  # concatenation along the steps: a merge, not a concat of channels
+            return _T(L.Concatenate(axis=1, name=name)([a.t, same[0].t]), a.c, 2 * a.s)
+        return None
     if kind == "ops":
         fn = [keras.ops.relu, keras.ops.silu, keras.ops.abs, lambda x: keras.ops.clip(x, -1.0, 1.0)][v]
         return _T(fn(a.t), a.c, a.s)

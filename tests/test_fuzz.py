@@ -78,7 +78,7 @@ def test_a_recipe_with_a_sigmoid_on_a_pruned_stream_is_checked_for_shapes_only()
     assert r["passed"] and not r["oracle"] and r["removed"] > 0
 
 
-ONNX_FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+ONNX_FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(HealthCheck), print_blob=True)
 
 
