@@ -21,14 +21,18 @@ def test_random_keras_architectures_prune_and_pass_the_oracle(case):
     assert r["passed"], (r["error"], recipe, options)
 
 
+PREFERRED = {"nested": 1, "act": 1, "multiply": 0, "se": 0}  # Sequential, PReLU, Multiply layers
+
+
 def _one(kind, i):
     """A recipe exercising op ``kind``: a stem, a conv as wide as the stem (a peer for merges), the op."""
+    v = PREFERRED.get(kind, i % 4)
     rank = 1 if kind in fuzz.SEQ_OPS else [2, 1, 3, 2][i % 4]
     if kind in ("depthwise", "separable", "upsample") and rank == 3:
         rank = 2
     base = dict(a=0, b=1, k=3, act="relu")
     return {"rank": rank, "size": 8 if rank < 3 else 4, "cin": 3, "tokens": kind == "einsum", "stem": 8,
-            "ops": [dict(base, op="conv", width=8, variant=1), dict(base, op=kind, width=6, variant=i % 4),
+            "ops": [dict(base, op="conv", width=8, variant=1), dict(base, op=kind, width=6, variant=v),
                     dict(base, op="conv", width=5, variant=1)],
             "head": ["gap_dense", "flatten_dense", "conv", "two"][i % 4]}
 
