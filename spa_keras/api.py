@@ -12,7 +12,7 @@ import numpy as np
 
 from . import criteria as _criteria
 from .backends.keras import apply_plan
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, OutputExistsError
 from .frontends.keras import KerasGraph, from_keras
 from .frontends.onnx import OnnxGraph, from_onnx_model
 from .graph import analyse
@@ -289,6 +289,8 @@ def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bo
     """
     if int(steps) != steps or steps < 1:
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
+    if output is not None and os.path.exists(os.fspath(output)) and not overwrite:  # before any work
+        raise OutputExistsError(f"{os.fspath(output)!r} exists; pass overwrite=True (--force) to replace it")
     p = plan(model, ratio=ratio, criterion=criterion, **kwargs)
     if steps > 1:
         by_params = kwargs.get("target_params") is not None

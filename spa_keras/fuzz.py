@@ -14,7 +14,8 @@ check what every pruned model must satisfy:
 
 Ops draw their inputs by index (modulo the tensors built so far), so a recipe always builds: an op
 whose inputs do not fit (an add of tensors of different shapes) is skipped. Shrinking removes ops and
-lowers widths, which gives short failing recipes. ``benchmarks/fuzz.py`` runs thousands.
+lowers widths, which gives short failing recipes. ``benchmarks/fuzz.py`` runs thousands. Needs
+``hypothesis`` (the ``dev`` extra); the ONNX half needs ``torch``.
 
 >>> from hypothesis import given, settings
 >>> from spa_keras import fuzz
