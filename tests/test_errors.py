@@ -257,21 +257,23 @@ def test_a_failed_write_leaves_nothing_at_the_output(tmp_path):
 
 def _killed_run(src, out, delay):
     """Start the console script, wait ``delay`` seconds (or, with ``delay=None``, until its temporary file
-    appears beside the output), then SIGKILL it. Returns whether it had finished by itself."""
+    appears beside the output), then SIGKILL it. Returns "finished" (it ended by itself), "mid-save" (killed
+    while its temporary file was there) or "killed"."""
     p = subprocess.Popen([sys.executable, "-m", "spa_keras", "prune", src, "-o", out, "--ratio", "0.5"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     folder = os.path.dirname(out)
     t0 = time.monotonic()
+    seen = False
     while p.poll() is None and time.monotonic() - t0 < 120:
-        if delay is None and any(f.startswith(".spa-") for f in os.listdir(folder)):
-            break
-        if delay is not None and time.monotonic() - t0 >= delay:
+        seen = any(f.startswith(".spa-") for f in os.listdir(folder))
+        if (delay is None and seen) or (delay is not None and time.monotonic() - t0 >= delay):
             break
         time.sleep(0.002)
-    finished = p.poll() is not None
+    if p.poll() is not None:
+        return "finished"
     p.kill()
     p.wait()
-    return finished
+    return "mid-save" if seen else "killed"
 
 
 def test_killing_the_cli_during_a_save_leaves_the_output_absent_or_complete(tmp_path):
@@ -282,16 +284,16 @@ def test_killing_the_cli_during_a_save_leaves_the_output_absent_or_complete(tmp_
         x = L.Conv2D(64, 3, padding="same", activation="relu", name=f"c{i}")(x)
     keras.Model(inp, L.Dense(3)(L.GlobalAveragePooling2D()(x))).save(src)
     before = sha(src)
-    outcomes = []
-    for i, delay in enumerate([None, None, None, 2.0, 3.5]):
-        out = str(tmp_path / f"out{i}.keras")
-        _killed_run(src, out, delay)
+    how = []
+    for i, delay in enumerate([None, None, None, 1.0, 2.5, 600]):
+        folder = tmp_path / f"run{i}"  # one folder per run: a killed run's temporary file stays behind
+        folder.mkdir()
+        out = str(folder / "out.keras")
+        how.append(_killed_run(src, out, delay))
         assert sha(src) == before, "the input file was changed"
         if os.path.exists(out):  # complete: it loads and has the slim width
-            slim = keras.saving.load_model(out)
-            assert slim.get_layer("c0").filters == 32
-            outcomes.append("complete")
-        else:
-            outcomes.append("absent")
-        assert not [f for f in os.listdir(tmp_path) if f.startswith(f"out{i}") and f != f"out{i}.keras"]
-    assert "absent" in outcomes  # at least one kill landed mid-save (the temporary file was there)
+            assert keras.saving.load_model(out).get_layer("c0").filters == 32
+        assert not [f for f in os.listdir(folder) if f not in ("out.keras",) and not f.startswith(".spa-")]
+        if how[-1] == "finished":
+            assert os.path.exists(out) and not [f for f in os.listdir(folder) if f.startswith(".spa-")]
+    assert "mid-save" in how and how[-1] == "finished", how
