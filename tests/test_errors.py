@@ -297,3 +297,31 @@ def test_killing_the_cli_during_a_save_leaves_the_output_absent_or_complete(tmp_
         if how[-1] == "finished":
             assert os.path.exists(out) and not [f for f in os.listdir(folder) if f.startswith(".spa-")]
     assert "mid-save" in how and how[-1] == "finished", how
+
+
+def test_ctrl_c_during_a_save_exits_130_and_leaves_no_temporary_file(tmp_path):
+    import signal
+
+    src = str(tmp_path / "in.keras")
+    inp = keras.Input((16, 16, 3))
+    x = inp
+    for i in range(6):
+        x = L.Conv2D(64, 3, padding="same", activation="relu", name=f"c{i}")(x)
+    keras.Model(inp, L.Dense(3)(L.GlobalAveragePooling2D()(x))).save(src)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = str(folder / "out.keras")
+    p = subprocess.Popen([sys.executable, "-m", "spa_keras", "prune", src, "-o", out], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, env=ENV)
+    t0 = time.monotonic()
+    while p.poll() is None and time.monotonic() - t0 < 120 and not any(f.startswith(".spa-") for f in os.listdir(folder)):
+        time.sleep(0.002)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode in (0, 130), err
+    if p.returncode == 130:
+        assert "interrupted" in err and "Traceback" not in err
+        assert not os.path.exists(out)
+    else:
+        keras.saving.load_model(out)
+    assert not [f for f in os.listdir(folder) if f.startswith(".spa-")], "the temporary file was removed"
