@@ -8,12 +8,13 @@ only), the seconds taken, and every failure, shrunk by Hypothesis to a minimal r
 ``spa_keras.fuzz.build_keras(recipe)``).
 
     python benchmarks/fuzz.py --examples 2000 --onnx-examples 2000
-    python benchmarks/fuzz.py --examples 200 --onnx-examples 0 --seed 7
+    python benchmarks/fuzz.py --examples 200 --onnx-examples 0 --mixed-examples 100 --seed 7
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -36,7 +37,9 @@ class _Failed(AssertionError):
 def run(kind: str, n: int, first_seed: int, time_limit: float) -> dict:
     """Run about ``n`` examples of ``kind`` ("keras" or "onnx"), restarting Hypothesis with a new seed
     after each (shrunk) failure, so that one bug does not stop the search."""
-    cases, check = (fuzz.keras_cases(), fuzz.check_keras) if kind == "keras" else (fuzz.onnx_cases(), fuzz.check_onnx)
+    cases, check = (fuzz.onnx_cases(), fuzz.check_onnx) if kind == "onnx" else (fuzz.keras_cases(), fuzz.check_keras)
+    if kind == "keras_mixed_float16":
+        check = functools.partial(fuzz.check_keras, policy="mixed_float16")
     stats = {"examples": 0, "removed_channels": 0, "oracle_checked": 0, "shape_only": 0, "failures": []}
     t0 = time.perf_counter()
     s = first_seed
@@ -80,6 +83,8 @@ def main(argv=None):
     p.add_argument("--examples", type=int, default=1000, help="random Keras architectures (default 1000)")
     p.add_argument("--onnx-examples", type=int, default=1000,
                    help="random PyTorch modules through ONNX (default 1000; skipped without torch)")
+    p.add_argument("--mixed-examples", type=int, default=0,
+                   help="random Keras architectures built under the mixed_float16 policy (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-limit", type=float, default=3600.0, help="seconds per frontend (default 3600)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "fuzz.json"))
@@ -94,6 +99,8 @@ def main(argv=None):
             result["onnx"] = {"skipped": "torch is not installed"}
     if args.examples:
         result["keras"] = run("keras", args.examples, args.seed, args.time_limit)
+    if args.mixed_examples:
+        result["keras_mixed_float16"] = run("keras_mixed_float16", args.mixed_examples, args.seed, args.time_limit)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

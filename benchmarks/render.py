@@ -59,9 +59,10 @@ def onnx_table(data) -> str:
 
 
 def fuzz_table(data) -> str:
-    rows = ["| frontend | architectures tried | pruned (channels removed) | oracle-checked | shapes only | failures | seconds |",
-            "|---|---|---|---|---|---|---|"]
-    for kind, label in (("keras", "Keras (random functional models)"), ("onnx", "ONNX (random PyTorch modules)")):
+    rows = ["| frontend | architectures tried | pruned (channels removed) | oracle-checked | shapes only | failures "
+            "| seconds |", "|---|---|---|---|---|---|---|"]
+    for kind, label in (("keras", "Keras (random functional models)"), ("keras_mixed_float16", "Keras, mixed_float16"),
+                        ("onnx", "ONNX (random PyTorch modules)")):
         r = data.get(kind)
         if not r or "skipped" in r:
             continue

@@ -183,7 +183,8 @@ def _build_op(kind, name, a, b, w, k, v, act_name, act, tensors, rank, conv, cou
         if rank == 3:
             return None
         m = 1 + v % 2
-        layer = getattr(L, f"DepthwiseConv{R}")(k, padding="same", depth_multiplier=m, activation=act(act_name), name=name)
+        layer = getattr(L, f"DepthwiseConv{R}")(k, padding="same", depth_multiplier=m, activation=act(act_name),
+                                                name=name)
         return _T(layer(a.t), a.c * m, a.s)
     if kind == "separable":
         if rank == 3:
@@ -331,9 +332,24 @@ def _build_op(kind, name, a, b, w, k, v, act_name, act, tensors, rank, conv, cou
     raise ValueError(f"unknown op {kind!r}")
 
 
-def check_keras(recipe, settings, seed: int = 0) -> dict:
+def check_keras(recipe, settings, seed: int = 0, policy: str | None = None) -> dict:
     """Build, prune and check one recipe. Returns ``{"passed", "oracle", ...}``; raises nothing for a
-    failed check (``passed`` is False and ``error`` says why), so that callers can record it."""
+    failed check (``passed`` is False and ``error`` says why), so that callers can record it.
+    ``policy``: a Keras dtype policy to build the model under (``"mixed_float16"``: the oracle's tolerance
+    becomes 1e-2, float16's three significant digits); the global policy is restored afterwards."""
+    import keras
+
+    if policy is not None:
+        old = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            return _check_keras(recipe, settings, seed, 1e-2 if "16" in policy else 1e-3)
+        finally:
+            keras.mixed_precision.set_global_policy(old)
+    return _check_keras(recipe, settings, seed, 1e-3)
+
+
+def _check_keras(recipe, settings, seed, rtol) -> dict:
     import keras
 
     import spa_keras as spa
@@ -357,13 +373,14 @@ def check_keras(recipe, settings, seed: int = 0) -> dict:
     if [tuple(a.shape) for a in ref] != [tuple(b.shape) for b in got]:
         return {**result, "error": "output shapes changed"}
     if slim.count_params() != count_params(plan.source.graph, plan):
-        return {**result, "error": f"parameter count {slim.count_params()} != graph's {count_params(plan.source.graph, plan)}"}
+        want = count_params(plan.source.graph, plan)
+        return {**result, "error": f"parameter count {slim.count_params()} != graph's {want}"}
     if settings.get("ratio", 0) == 0 and plan.n_removed == 0:
         diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(ref, got))
         if diff > 1e-4 * max(1.0, max(float(np.max(np.abs(np.asarray(a)))) for a in ref)):
             return {**result, "error": f"ratio 0 changed the outputs by {diff}"}
     if zero_preserving:
-        v = verify(plan.source, plan, slim, x)
+        v = verify(plan.source, plan, slim, x, rtol=rtol)
         if not v["passed"]:
             return {**result, "error": f"oracle: max abs diff {v['max_abs_diff']:.3g} at scale {v['scale']:.3g}"}
     if weights_hash(model) != before:

@@ -314,7 +314,8 @@ def test_ctrl_c_during_a_save_exits_130_and_leaves_no_temporary_file(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "spa_keras", "prune", src, "-o", out], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True, env=ENV)
     t0 = time.monotonic()
-    while p.poll() is None and time.monotonic() - t0 < 120 and not any(f.startswith(".spa-") for f in os.listdir(folder)):
+    writing = lambda: any(f.startswith(".spa-") for f in os.listdir(folder))  # noqa: E731
+    while p.poll() is None and time.monotonic() - t0 < 120 and not writing():
         time.sleep(0.002)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)

@@ -24,6 +24,15 @@ def test_random_keras_architectures_prune_and_pass_the_oracle(case):
 PREFERRED = {"nested": 1, "act": 1, "multiply": 0, "se": 0}  # Sequential, PReLU, Multiply layers
 
 
+@settings(FUZZ, max_examples=20)
+@given(fuzz.keras_cases())
+def test_random_architectures_under_mixed_float16(case):
+    recipe, options = case
+    r = fuzz.check_keras(recipe, options, policy="mixed_float16")
+    assert r["passed"], (r["error"], recipe, options)
+    assert keras.mixed_precision.global_policy().name == "float32", "the policy was restored"
+
+
 def _one(kind, i):
     """A recipe exercising op ``kind``: a stem, a conv as wide as the stem (a peer for merges), the op."""
     v = PREFERRED.get(kind, i % 4)
