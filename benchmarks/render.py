@@ -58,8 +58,22 @@ def onnx_table(data) -> str:
     return "\n".join(rows)
 
 
+def fuzz_table(data) -> str:
+    rows = ["| frontend | architectures tried | pruned (channels removed) | oracle-checked | shapes only | failures "
+            "| seconds |", "|---|---|---|---|---|---|---|"]
+    for kind, label in (("keras", "Keras (random functional models)"), ("keras_mixed_float16", "Keras, mixed_float16"),
+                        ("onnx", "ONNX (random PyTorch modules)")):
+        r = data.get(kind)
+        if not r or "skipped" in r:
+            continue
+        rows.append(f"| {label} | {r['examples']} | {r['removed_channels']} | {r['oracle_checked']} | {r['shape_only']} | "
+                    f"{len(r['failures'])} | {r['seconds']:.0f} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
-    for name, fn in (("zoo.json", zoo_table), ("any_time.json", any_time_table), ("onnx_zoo.json", onnx_table)):
+    for name, fn in (("zoo.json", zoo_table), ("any_time.json", any_time_table), ("onnx_zoo.json", onnx_table),
+                     ("fuzz.json", fuzz_table)):
         data = load(name)
         if data is not None:
             print(f"## {name}\n\n{fn(data)}\n")

@@ -15,7 +15,16 @@ from .finetune import finetune
 from .frontends.keras import Spec as LayerSpec
 from .frontends.keras import register_layer
 from .graph import AxisRef
-from .errors import CalibrationDataError, InvalidArgumentError, PruningError, RebuildError, UnsupportedModelError
+from .errors import (
+    CalibrationDataError,
+    InvalidArgumentError,
+    ModelFileError,
+    NonFiniteWeightsError,
+    OutputExistsError,
+    PruningError,
+    RebuildError,
+    UnsupportedModelError,
+)
 from .plan import PruningPlan
 from .report import Report
 
@@ -25,5 +34,6 @@ __all__ = [
     "prune", "plan", "apply", "inspect", "Inspection", "Pruner", "PruningConfig", "enable_model_prune",
     "disable_model_prune", "PruningPlan", "Report", "register_layer", "LayerSpec",
     "AxisRef", "callbacks", "PruningCallback", "GroupSparsity", "strip", "finetune", "from_onnx", "to_onnx", "export_for_serving", "datasets",
-    "PruningError", "InvalidArgumentError", "CalibrationDataError", "RebuildError", "UnsupportedModelError",
+    "PruningError", "InvalidArgumentError", "RebuildError", "UnsupportedModelError", "CalibrationDataError",
+    "ModelFileError", "NonFiniteWeightsError", "OutputExistsError",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import criteria as _criteria
 from .backends.keras import apply_plan
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, OutputExistsError
 from .frontends.keras import KerasGraph, from_keras
 from .frontends.onnx import OnnxGraph, from_onnx_model
 from .graph import analyse
@@ -370,8 +370,8 @@ def _prune(model, ratio=0.5, criterion="l2", steps=1, verbose=False, output=None
     """:func:`prune`, returning ``(slim, report)`` (the report only when asked for or verbose)."""
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
-    if output is not None and os.path.exists(os.fspath(output)) and not overwrite:
-        raise InvalidArgumentError(f"{os.fspath(output)!r} exists; pass overwrite=True (--force) to replace it")
+    if output is not None and os.path.exists(os.fspath(output)) and not overwrite:  # before any work
+        raise OutputExistsError(f"{os.fspath(output)!r} exists; pass overwrite=True (--force) to replace it")
     if report is not None:
         Report.check_paths(report, overwrite)
     p = plan(model, ratio=ratio, criterion=criterion, **kwargs)

@@ -234,11 +234,11 @@ def cmd_inspect(args) -> int:
 
 def _check_outputs(args):
     """Refuse, before any work, outputs that exist (without --force) or are of the wrong kind."""
-    from spa_keras.errors import InvalidArgumentError
+    from spa_keras.errors import InvalidArgumentError, OutputExistsError
     from spa_keras.report import Report
 
     if os.path.exists(args.output) and not args.force:
-        raise InvalidArgumentError(f"{args.output!r} exists; pass --force to overwrite it")
+        raise OutputExistsError(f"{args.output!r} exists; pass --force to overwrite it")
     if args.output.endswith(".onnx") != args.model.endswith(".onnx"):
         raise InvalidArgumentError("the output must be of the input's kind (.onnx -> .onnx, Keras -> .keras/.h5); "
                                    "convert with spa.from_onnx / spa.to_onnx or 'spa-keras export --onnx'")

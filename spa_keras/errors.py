@@ -1,4 +1,16 @@
-"""The exceptions spa_keras raises. Every message names what was wrong, where, and what to do."""
+"""The exceptions spa_keras raises. Every message names what was wrong, where, and what to do.
+
+Every class derives from :class:`PruningError` and from the builtin exception a caller would expect
+(``ValueError`` for a bad argument, ``TypeError`` for an object that is not a model,
+``FileExistsError`` for an output that exists), so ``except ValueError`` keeps working.
+
+>>> import spa_keras as spa
+>>> try:
+...     spa.prune("missing.keras")
+... except spa.PruningError as e:
+...     print(type(e).__name__)
+InvalidArgumentError
+"""
 
 
 class PruningError(Exception):
@@ -14,10 +26,25 @@ class InvalidArgumentError(PruningError, ValueError):
     """An argument of a public function is out of range or names something that does not exist."""
 
 
+class CalibrationDataError(InvalidArgumentError):
+    """Calibration data of the wrong shape or dtype (it does not fit the model's inputs)."""
+
+
+class NonFiniteWeightsError(InvalidArgumentError):
+    """A weight of the model holds NaN or Inf: no criterion can rank its channels. The message names the
+    layer (or ONNX initializer) and the weight."""
+
+
+class ModelFileError(UnsupportedModelError, ValueError):
+    """A ``.keras``, ``.h5`` or ``.onnx`` file that cannot be read: corrupt, truncated, or not a model
+    file at all. The message names the file."""
+
+
+class OutputExistsError(InvalidArgumentError, FileExistsError):
+    """The output path exists; spa_keras never overwrites a file unless told to (``overwrite=True``,
+    ``--force``)."""
+
+
 class RebuildError(PruningError, RuntimeError):
     """The slim model could not be written (a layer could not be re-created from its config, or a
     sliced weight does not fit the rebuilt layer)."""
-
-
-class CalibrationDataError(InvalidArgumentError):
-    """Calibration data of the wrong shape or dtype (or none to use)."""

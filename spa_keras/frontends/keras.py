@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import keras
 
-from ..errors import InvalidArgumentError, UnsupportedModelError
+from ..errors import InvalidArgumentError, NonFiniteWeightsError, UnsupportedModelError
 from ..graph import BIAS, IN, OUT, STAT, WEIGHT, AxisRef, Graph, Node, Param
 from .spec import Spec, fixed
 
@@ -663,7 +663,8 @@ def functional_of(model):
     raise UnsupportedModelError(
         f"{type(model).__name__} {getattr(model, 'name', '')!r} is a subclassed model without a "
         "functional graph: build it with the Functional API (keras.Model(inputs, outputs)) or as a "
-        "keras.Sequential, so that spa_keras can see how its layers connect"
+        "keras.Sequential, so that spa_keras can see how its layers connect; a custom layer inside such "
+        "a model is described to spa_keras with spa.register_layer"
     )
 
 
@@ -870,6 +871,8 @@ class KerasGraph:
         params = []
         for v in getattr(op, "weights", []) if isinstance(op, keras.layers.Layer) else []:
             key = id(v)
+            if key not in self.variables:
+                _check_finite(op, v)
             self.variables[key] = v
             short = param_name(spec, v)
             axes, role, *tag = spec.params.get(short, ({}, STAT))
@@ -879,6 +882,21 @@ class KerasGraph:
         g.add_node(node)
         self.specs[name] = spec
         self.layer_nodes.setdefault(id(op), node)
+
+
+def _check_finite(layer, v) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the layer and the weight if ``v`` holds NaN or Inf."""
+    if "float" not in str(v.dtype):
+        return
+    value = np.asarray(v.numpy())
+    if np.isfinite(value).all():
+        return
+    nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
+    raise NonFiniteWeightsError(
+        f"layer {layer.name!r} ({type(layer).__name__}): weight {v.name!r} ({v.path}) holds {nan} NaN and "
+        f"{inf} Inf values; no criterion can rank its channels. Restore the weights from a checkpoint taken "
+        "before training diverged (or lower the learning rate), then prune"
+    )
 
 
 def _loss_value(loss, y, pred):

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from ..errors import InvalidArgumentError, UnsupportedModelError
+from ..errors import InvalidArgumentError, ModelFileError, NonFiniteWeightsError, UnsupportedModelError
 from ..graph import BIAS, IN, OUT, STAT, WEIGHT, AxisRef, Graph, Node, Param
 from .spec import Spec, fixed
 
@@ -112,10 +112,29 @@ class OnnxGraph:
             if node.op_type == "Constant":
                 continue
             self._add(node, i)
+        self._check_finite()
         missing = [o.name for o in g.output if o.name not in self.tid]
         if missing:
             raise UnsupportedModelError(f"ONNX graph outputs {missing} are not computed by any node")
         self.graph.outputs = [self.tid[o.name] for o in g.output]
+
+    def _check_finite(self):
+        """Raise :class:`NonFiniteWeightsError` naming the node and the initializer if a parameter the
+        pruner reads (a weight, a bias, a sliced statistic) holds NaN or Inf."""
+        for node in self.graph.nodes:
+            for p in node.params:
+                if p.role == STAT and not p.axes:
+                    continue  # a constant of the computation (a mask may legitimately hold -inf)
+                value = self.arrays[p.key]
+                if not np.issubdtype(value.dtype, np.floating) or np.isfinite(value).all():
+                    continue
+                nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
+                op = self.protos[node.name].op_type
+                raise NonFiniteWeightsError(
+                    f"ONNX node {node.name!r} ({op}): initializer {p.key!r} holds {nan} NaN and {inf} Inf "
+                    "values; no criterion can rank its channels. Export the model again from weights that "
+                    "are finite"
+                )
 
     # ---- tensors -------------------------------------------------------------------------------------
     def _tensor(self, name, axis):
@@ -426,7 +445,11 @@ def load_onnx(path_or_model) -> onnx.ModelProto:
         model = onnx.load(path)
         onnx.checker.check_model(model)
     except Exception as e:  # noqa: BLE001 - a bad file is bad input
-        raise UnsupportedModelError(f"{path!r} is not a valid ONNX model: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFileError(
+            f"{path!r} is not a valid ONNX model ({first}); the file is corrupt, truncated or not ONNX: "
+            "export it again"
+        ) from None
     return model
 
 

@@ -6,7 +6,7 @@ import numbers
 import os
 import tempfile
 
-from ..errors import InvalidArgumentError, UnsupportedModelError
+from ..errors import InvalidArgumentError, ModelFileError, OutputExistsError
 
 
 def load_model(path: str):
@@ -19,9 +19,16 @@ def load_model(path: str):
     if not path.endswith((".keras", ".h5", ".hdf5")):
         raise InvalidArgumentError(f"{path!r}: expected a .keras or .h5 file")
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001 - a bad file is bad input, whatever Keras raised
-        raise UnsupportedModelError(f"could not load {path!r} as a Keras model: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFileError(
+            f"could not read {path!r} as a Keras model ({first}); the file is corrupt, truncated or not a "
+            "model saved by Keras 3: save it again with model.save(...)"
+        ) from None
+    if not isinstance(model, keras.Model):
+        raise ModelFileError(f"{path!r} holds a {type(model).__name__}, not a keras.Model")
+    return model
 
 
 def _umask() -> int:
@@ -32,17 +39,23 @@ def _umask() -> int:
 
 def atomic_write(path: str, write, overwrite: bool = False, suffixes=None) -> str:
     """Call ``write(tmp_path)`` for a temporary file in ``path``'s folder, then rename it to ``path``:
-    ``path`` is either absent, the old file, or complete, whatever happens during the write."""
+    ``path`` is either absent, the old file, or complete, whatever happens during the write (an
+    exception, Ctrl-C, or the process killed: the rename is atomic on one file system). An exception
+    or Ctrl-C removes the temporary file; a killed process can leave a ``.spa-*`` file beside ``path``,
+    never a partial file at ``path``. Raises :class:`OutputExistsError` if ``path`` exists and not
+    ``overwrite``."""
     if suffixes and not path.endswith(tuple(suffixes)):
         raise InvalidArgumentError(f"{path!r}: the output must end in {' or '.join(suffixes)}")
     if os.path.exists(path) and not overwrite:
-        raise InvalidArgumentError(f"{path!r} exists; pass overwrite=True (--force) to replace it")
+        raise OutputExistsError(f"{path!r} exists; pass overwrite=True (--force) to replace it")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".spa-", suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:  # on disk before it takes the final name
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it private; a saved file is as readable as any other
         os.replace(tmp, path)
     finally:
