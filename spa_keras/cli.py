@@ -409,7 +409,7 @@ def cmd_demo(args) -> int:
         config = _with_data(config, model, args)
         t0 = time.perf_counter()
         stage("scoring channels and planning")
-        plan = spa.plan(model, verbose=False if quiet else None, **config.plan_kwargs())
+        plan = spa.plan(model, verbose=False if args.quiet else None, **config.plan_kwargs())
         t1 = time.perf_counter()
         stage("rebuilding the slim model")
         spa.apply(plan)

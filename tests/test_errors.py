@@ -259,7 +259,7 @@ def _killed_run(src, out, delay):
     """Start the console script, wait ``delay`` seconds (or, with ``delay=None``, until its temporary file
     appears beside the output), then SIGKILL it. Returns "finished" (it ended by itself), "mid-save" (killed
     while its temporary file was there) or "killed"."""
-    p = subprocess.Popen([sys.executable, "-m", "spa_keras", "prune", src, "-o", out, "--ratio", "0.5"],
+    p = subprocess.Popen([sys.executable, "-m", "spa_keras", "prune", src, "-o", out, "--ratio", "0.5", "--no-report"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     folder = os.path.dirname(out)
     t0 = time.monotonic()
