@@ -252,6 +252,7 @@ def plan(
 
         if algo_options["strategy"] is None and tf_strategy() is not None:
             algo_options["strategy"] = tf_strategy()
+        recalibrate = algo_options.pop("recalibrate_bn") and calibration_data is not None
         obs = OBSPA(kg, analysis, inputs, verbose=verbose is not False, **algo_options)
         scores = obs.scores(scores)
     options = dict(
@@ -280,6 +281,8 @@ def plan(
                                seconds_inputs=round(t_inputs, 3))
         if algorithm == "obspa":
             result.compensation = obs.compensation(result)
+            if recalibrate:
+                result.builder = _recalibrated(inputs, algo_options["batch_size"])
         else:
             result.builder = _reconstruction(inputs, algo_options, verbose is not False)
     return result
@@ -290,6 +293,18 @@ def tf_strategy():
     import tensorflow as tf
 
     return tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+
+
+def _recalibrated(inputs, batch_size):
+    """Apply a plan with its compensation, then re-estimate the BatchNorm statistics on ``inputs``."""
+    def build(kg, plan_):
+        from .algorithms.reconstruct import reestimate_batchnorm
+
+        slim = apply_plan(kg, plan_, transform=plan_.compensation)
+        reestimate_batchnorm(from_keras(slim, **kg.options), inputs, batch_size)
+        return slim
+
+    return build
 
 
 def _reconstruction(inputs, options, verbose):

@@ -420,7 +420,7 @@ class OBSPA:
     >>> # slim = apply_plan(kg, plan, transform=o.compensation(plan))
     """
 
-    def __init__(self, kg, analysis, inputs, damp: float = 1e-3, batch_size: int = 32, strategy=None,
+    def __init__(self, kg, analysis, inputs, damp: float = 1e-2, batch_size: int = 32, strategy=None,
                  max_dim: int = 2048, blocks: int = 32, verbose: bool = False):
         from tqdm.auto import tqdm
 

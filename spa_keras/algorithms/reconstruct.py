@@ -57,7 +57,7 @@ def _writer_masks(kg, plan) -> dict:
     return masks
 
 
-def _reestimate_bn(kg, inputs, batch_size):
+def reestimate_batchnorm(kg, inputs, batch_size: int = 32):
     """Moving statistics of every BatchNormalization := average of its batch statistics over ``inputs``."""
     bns = [n.ref[0] for n in kg.graph.nodes
            if isinstance(n.ref, tuple) and isinstance(n.ref[0], keras.layers.BatchNormalization)]
@@ -175,7 +175,7 @@ def reconstruct(kg, plan: PruningPlan, inputs, epochs=(10, 10), learning_rate: f
 
         slim = apply_plan(kg, plan, transform=lambda node, p, value: trained.get(p.key, value))
         skg = from_keras(slim, **kg.options)
-        _reestimate_bn(skg, inputs, batch_size)
+        reestimate_batchnorm(skg, inputs, batch_size)
         if e2:
             _train(_Trainer(kg, skg, plan, probes, sliced=True), inputs, e2, batch_size, learning_rate,
                    bar=bar, history=history["phase2"])
