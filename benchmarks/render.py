@@ -1,6 +1,7 @@
-"""Render the JSON results in benchmarks/results/ as the Markdown tables of docs/benchmarks.md.
+"""Render the JSON results in benchmarks/results/ as the Markdown tables of docs/benchmarks.md, and the
+post-training results as docs/img/post_training.png (accuracy against MACs).
 
-    python benchmarks/render.py            # prints the tables
+    python benchmarks/render.py            # prints the tables, writes the plot
 """
 
 import json
@@ -71,7 +72,87 @@ def fuzz_table(data) -> str:
     return "\n".join(rows)
 
 
+METHOD_LABELS = {
+    "l1": "group L1", "l2": "group L2", "obspa_bn": "OBSPA, no data (BN-matched synthetic)",
+    "obspa_random": "OBSPA, no data (random inputs)", "obspa_128": "OBSPA, 128 samples",
+    "obspa_512": "OBSPA, 512 samples", "obspa_2048": "OBSPA, 2048 samples",
+    "reconstruct_128": "reconstruction, 128 samples", "reconstruct_512": "reconstruction, 512 samples",
+    "reconstruct_2048": "reconstruction, 2048 samples", "l2_finetune_1epoch": "group L2 + 1 epoch fine-tuning (reference)",
+}
+
+
+def post_training_rows(data) -> list:
+    rows = list(data.get("rows", []))
+    extra = load("post_training_mnv2.json")  # the MobileNetV2 half, when it was run as its own process
+    if extra:
+        rows += extra["rows"]
+        data.setdefault("unpruned", {}).update(extra["unpruned"])
+    return rows
+
+
+def post_training_table(data) -> str:
+    rows = post_training_rows(data)
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        base = data["unpruned"][model]
+        targets = sorted({r["target"] for r in rows if r["model"] == model}, reverse=True)
+        head = " | ".join(f"{1 / t:.0f}x fewer MACs: accuracy (s)" for t in targets)
+        out += [f"**{model}** (unpruned: {base['accuracy']:.4f}, {base['macs'] / 1e6:.1f} M MACs, "
+                f"{base['params'] / 1e3:.0f} k parameters)", "", f"| method | {head} |",
+                "|---|" + "---|" * len(targets)]
+        for method, label in METHOD_LABELS.items():
+            cells = []
+            for t in targets:
+                r = next((r for r in rows if r["model"] == model and r["method"] == method and r["target"] == t), None)
+                cells.append(f"{r['accuracy']:.4f} ({r['seconds']:.0f})" if r else "–")
+            if any(c != "–" for c in cells):
+                out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def torch_table(data) -> str:
+    rows = ["| method | target | accuracy | MACs (fraction) | seconds |", "|---|---|---|---|---|"]
+    for r in data["rows"]:
+        rows.append(f"| {r['method']} | {r['target']:.3f} | {r['accuracy']:.4f} | {r['macs_fraction']:.3f} | {r['seconds']:.1f} |")
+    return "\n".join(rows)
+
+
+def post_training_plot(data, path):
+    """Accuracy against MACs, one panel per model, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = post_training_rows(data)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        base = data["unpruned"][model]
+        for method, label in METHOD_LABELS.items():
+            pts = sorted((r["macs_fraction"], r["accuracy"]) for r in rows if r["model"] == model and r["method"] == method)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+        ax.axhline(base["accuracy"], color="k", ls="--", lw=1, label="unpruned")
+        ax.set(title=f"{model} on Fashion-MNIST, no fine-tuning", xlabel="MACs (fraction of the unpruned model)",
+               ylabel="test accuracy", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
 if __name__ == "__main__":
+    data = load("post_training.json")
+    if data is not None:
+        print(f"## post_training.json\n\n{post_training_table(data)}\n")
+        post_training_plot(data, os.path.join(HERE, "..", "docs", "img", "post_training.png"))
+    data = load("post_training_torch.json")
+    if data is not None:
+        print(f"## post_training_torch.json\n\n{torch_table(data)}\n")
     for name, fn in (("zoo.json", zoo_table), ("any_time.json", any_time_table), ("onnx_zoo.json", onnx_table),
                      ("fuzz.json", fuzz_table)):
         data = load(name)

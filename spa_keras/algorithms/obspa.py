@@ -57,7 +57,6 @@ class Consumer:
     node: object  # graph Node
     kernel: object  # graph Param
     bias: object  # graph Param or None
-    in_tensor: int
     row_cls: np.ndarray  # class of every row of the matrix (the constant row, if any, is fixed)
     mode: str  # "dense", "patches" or "channels"
     augmented: bool  # a constant-1 feature carries the bias
@@ -162,7 +161,7 @@ def find_consumers(kg, analysis, max_dim: int = 2048) -> list:
         augmented = bias is not None or bn is not None
         if augmented:
             rows = np.concatenate([rows, [analysis.fixed_class]])
-        found[kernel.key] = Consumer(node, kernel, bias, node.inputs[0], np.asarray(rows, np.int64), mode,
+        found[kernel.key] = Consumer(node, kernel, bias, np.asarray(rows, np.int64), mode,
                                      augmented, bn, [node], cin)
     return list(found.values())
 
