@@ -6,7 +6,6 @@ import difflib
 import fnmatch
 import math
 import os
-import time
 import warnings
 
 import numpy as np
@@ -223,19 +222,12 @@ def plan(
     analysis = analyse(kg.graph, fixed_nodes=_resolve_ignored(kg, ignored_layers))
     if algorithm is None and calibration_data is not None:
         algorithm = "obspa"
+    post = None
     if algorithm is not None:
-        from . import algorithms
+        from .algorithms import PostTraining
 
-        algo_options = algorithms.check(algorithm, algorithm_options)
-        if not isinstance(kg, KerasGraph):
-            raise InvalidArgumentError(f"algorithm {algorithm!r} works on Keras models: convert the ONNX model "
-                                       "with spa.from_onnx first")
-        if calibration_samples is not None and (int(calibration_samples) != calibration_samples or calibration_samples < 1):
-            raise InvalidArgumentError(f"calibration_samples must be a positive integer, got {calibration_samples!r}")
-        t0 = time.perf_counter()
-        inputs = algorithms.inputs_for(kg, calibration_data, calibration_samples, data_free,
-                                       algo_options.pop("synthetic_steps"), verbose is not False)
-        t_inputs = time.perf_counter() - t0
+        post = PostTraining(algorithm, kg, calibration_data, calibration_samples, data_free, algorithm_options,
+                            verbose)
     score_fn = _criteria.get(criterion)
     context = {}
     need = set(getattr(score_fn, "needs", ()))
@@ -247,14 +239,8 @@ def plan(
                                        "(convert with spa.from_onnx first)")
         context["gradient"], context["fisher"] = kg.gradient_stats(data, loss)
     scores = score_fn(analysis, kg.weight, reduction=group_reduction, normalization=normalization, **context)
-    if algorithm == "obspa":
-        from .algorithms.obspa import OBSPA
-
-        if algo_options["strategy"] is None and tf_strategy() is not None:
-            algo_options["strategy"] = tf_strategy()
-        recalibrate = algo_options.pop("recalibrate_bn") and calibration_data is not None
-        obs = OBSPA(kg, analysis, inputs, verbose=verbose is not False, **algo_options)
-        scores = obs.scores(scores)
+    if post is not None:
+        scores = post.scores(analysis, scores)
     options = dict(
         global_pruning=global_pruning,
         max_ratio=max_ratio,
@@ -275,47 +261,9 @@ def plan(
         result = select(analysis, scores, ratio, **options)
     result.source = kg
     result.settings["criterion"] = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
-    if algorithm is not None:
-        result.settings.update(algorithm=algorithm, samples=len(inputs[0]),
-                               source="calibration" if calibration_data is not None else data_free,
-                               seconds_inputs=round(t_inputs, 3))
-        if algorithm == "obspa":
-            result.compensation = obs.compensation(result)
-            if recalibrate:
-                result.builder = _recalibrated(inputs, algo_options["batch_size"])
-        else:
-            result.builder = _reconstruction(inputs, algo_options, verbose is not False)
+    if post is not None:
+        post.finish(result)
     return result
-
-
-def tf_strategy():
-    """The ``tf.distribute`` strategy whose scope the caller is in, or None."""
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
-
-
-def _recalibrated(inputs, batch_size):
-    """Apply a plan with its compensation, then re-estimate the BatchNorm statistics on ``inputs``."""
-    def build(kg, plan_):
-        from .algorithms.reconstruct import reestimate_batchnorm
-
-        slim = apply_plan(kg, plan_, transform=plan_.compensation)
-        reestimate_batchnorm(from_keras(slim, **kg.options), inputs, batch_size)
-        return slim
-
-    return build
-
-
-def _reconstruction(inputs, options, verbose):
-    def build(kg, plan_):
-        from .algorithms.reconstruct import reconstruct
-
-        slim, history = reconstruct(kg, plan_, inputs, verbose=verbose, **options)
-        plan_.settings["reconstruction_loss"] = history
-        return slim
-
-    return build
 
 
 def _is_onnx(model) -> bool:

@@ -32,6 +32,79 @@ def check(algorithm, options: dict | None) -> dict:
     return {**OPTIONS[algorithm], **options}
 
 
+class PostTraining:
+    """One run of a post-training algorithm inside :func:`spa_keras.plan`: it gathers the samples, may
+    re-score the channels (OBSPA), and equips the finished plan with how it is applied (OBSPA's
+    compensation, BatchNorm re-estimation, the reconstruction)."""
+
+    def __init__(self, algorithm, kg, calibration_data=None, samples=None, data_free="bn", options=None,
+                 verbose=None):
+        import time
+
+        from ..frontends.keras import KerasGraph
+
+        self.algorithm = algorithm
+        self.options = check(algorithm, options)
+        if not isinstance(kg, KerasGraph):
+            raise InvalidArgumentError(f"algorithm {algorithm!r} works on Keras models: convert the ONNX model "
+                                       "with spa.from_onnx first")
+        if samples is not None and (isinstance(samples, bool) or int(samples) != samples or samples < 1):
+            raise InvalidArgumentError(f"calibration_samples must be a positive integer, got {samples!r}")
+        if data_free not in SOURCES:
+            raise InvalidArgumentError(f"data_free must be one of {SOURCES}, got {data_free!r}")
+        self.kg, self.verbose = kg, verbose is not False
+        self.calibrated = calibration_data is not None
+        self.source = "calibration" if self.calibrated else data_free
+        t0 = time.perf_counter()
+        self.inputs = inputs_for(kg, calibration_data, samples, data_free, self.options.pop("synthetic_steps"),
+                                 self.verbose)
+        self.seconds_inputs = time.perf_counter() - t0
+        self.obspa = None
+
+    def scores(self, analysis, scores):
+        """OBSPA's group scores (``scores``, the criterion's, rank the groups it cannot); the
+        reconstruction keeps the criterion's."""
+        if self.algorithm != "obspa":
+            return scores
+        import tensorflow as tf
+
+        from .obspa import OBSPA
+
+        options = {k: v for k, v in self.options.items() if k != "recalibrate_bn"}
+        if options["strategy"] is None and tf.distribute.has_strategy():
+            options["strategy"] = tf.distribute.get_strategy()  # called inside strategy.scope()
+        self.obspa = OBSPA(self.kg, analysis, self.inputs, verbose=self.verbose, **options)
+        return self.obspa.scores(scores)
+
+    def finish(self, plan):
+        """Record the run in ``plan.settings`` and attach how the plan is applied."""
+        plan.settings.update(algorithm=self.algorithm, samples=len(self.inputs[0]), source=self.source,
+                             seconds_inputs=round(self.seconds_inputs, 3))
+        if self.algorithm == "obspa":
+            plan.compensation = self.obspa.compensation(plan)
+            if self.options["recalibrate_bn"] and self.calibrated:
+                plan.builder = self._recalibrated
+        else:
+            plan.builder = self._reconstructed
+        return plan
+
+    def _recalibrated(self, kg, plan):
+        from ..backends.keras import apply_plan
+        from ..frontends.keras import from_keras
+        from .reconstruct import reestimate_batchnorm
+
+        slim = apply_plan(kg, plan, transform=plan.compensation)
+        reestimate_batchnorm(from_keras(slim, **kg.options), self.inputs, self.options["batch_size"])
+        return slim
+
+    def _reconstructed(self, kg, plan):
+        from .reconstruct import reconstruct
+
+        slim, history = reconstruct(kg, plan, self.inputs, verbose=self.verbose, **self.options)
+        plan.settings["reconstruction_loss"] = history
+        return slim
+
+
 def inputs_for(kg, calibration_data, samples: int | None, data_free: str, steps: int, verbose: bool = False):
     """The samples an algorithm learns from: ``samples`` of the calibration data, or, without data,
     ``samples`` synthetic inputs from ``data_free`` (``"bn"`` or ``"random"``)."""
@@ -46,4 +119,4 @@ def inputs_for(kg, calibration_data, samples: int | None, data_free: str, steps:
         return synthetic_inputs(kg, n, data_free, steps=steps, progress=bar)
 
 
-__all__ = ["ALGORITHMS", "OPTIONS", "SOURCES", "check", "inputs_for"]
+__all__ = ["ALGORITHMS", "OPTIONS", "SOURCES", "PostTraining", "check", "inputs_for"]
