@@ -77,7 +77,9 @@ METHOD_LABELS = {
     "obspa_random": "OBSPA, no data (random inputs)", "obspa_128": "OBSPA, 128 samples",
     "obspa_512": "OBSPA, 512 samples", "obspa_2048": "OBSPA, 2048 samples",
     "reconstruct_128": "reconstruction, 128 samples", "reconstruct_512": "reconstruction, 512 samples",
-    "reconstruct_2048": "reconstruction, 2048 samples", "l2_finetune_1epoch": "group L2 + 1 epoch fine-tuning (reference)",
+    "reconstruct_2048": "reconstruction, 2048 samples",
+    "obspa_reconstruct_128": "OBSPA + phase 2, 128 samples", "obspa_reconstruct_512": "OBSPA + phase 2, 512 samples",
+    "obspa_reconstruct_2048": "OBSPA + phase 2, 2048 samples", "l2_finetune_1epoch": "group L2 + 1 epoch fine-tuning (reference)",
 }
 
 

@@ -307,7 +307,7 @@ def apply(plan_: PruningPlan):
     return apply_plan(kg, plan_, transform=plan_.compensation)
 
 
-def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bool = False, output=None,
+def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bool | None = None, output=None,
           overwrite: bool = False, report=None, **kwargs):
     """Remove channels for real: a new, smaller ``keras.Model`` with the same inputs and outputs (an
     ``onnx.ModelProto`` when given an ONNX model or a ``.onnx`` path).
@@ -315,8 +315,8 @@ def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bo
     Takes every argument of :func:`plan`. ``output``: also save the result there (``.keras``, ``.h5``
     or ``.onnx``), atomically; an existing file is kept unless ``overwrite=True``. ``steps`` > 1 prunes iteratively: the MACs (or parameters,
     with ``target_params``) fall in equal steps to where one-shot pruning would land, and the
-    channels are scored again on the slimmer model between steps. With ``verbose=True`` prints the
-    before/after table. ``report``: also write the per-layer report there (see :meth:`Report.save`:
+    channels are scored again on the slimmer model between steps. ``verbose``: ``True`` also prints
+    the before/after table, ``False`` hides the algorithms' progress bars too (``None``: bars only). ``report``: also write the per-layer report there (see :meth:`Report.save`:
     ``report.txt``, ``report.json`` and ``report.png`` in a folder, or ``PREFIX.txt/.json/.png``).
 
     >>> import keras, spa_keras as spa
@@ -328,7 +328,7 @@ def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bo
     return _prune(model, ratio, criterion, steps, verbose, output, overwrite, report, **kwargs)[0]
 
 
-def _prune(model, ratio=0.5, criterion="l2", steps=1, verbose=False, output=None, overwrite=False, report=None,
+def _prune(model, ratio=0.5, criterion="l2", steps=1, verbose=None, output=None, overwrite=False, report=None,
            **kwargs):
     """:func:`prune`, returning ``(slim, report)`` (the report only when asked for or verbose)."""
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
@@ -337,6 +337,7 @@ def _prune(model, ratio=0.5, criterion="l2", steps=1, verbose=False, output=None
         raise OutputExistsError(f"{os.fspath(output)!r} exists; pass overwrite=True (--force) to replace it")
     if report is not None:
         Report.check_paths(report, overwrite)
+    kwargs.setdefault("verbose", None if verbose is None else bool(verbose))
     p = plan(model, ratio=ratio, criterion=criterion, **kwargs)
     rep = None
     if steps > 1:

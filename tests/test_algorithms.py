@@ -281,3 +281,15 @@ def test_wide_dense_after_flatten_uses_the_channel_covariance():
     slim = spa.apply(plan)
     assert slim.get_layer("c").filters == 4
     assert verify(plan.source, plan, slim, images(4, seed=2, shape=(6, 6, 3)))["passed"]
+
+
+def test_reconstruction_can_start_from_obspa():
+    model = convnet()
+    x = images(128)
+    plan = spa.plan(model, ratio=0.5, algorithm="reconstruct", calibration_data=x, verbose=False,
+                    algorithm_options={"start": "obspa", "epochs": (3, 3)})
+    assert plan.compensation is not None  # OBSPA chose the channels and re-fitted the consumers
+    slim = spa.apply(plan)
+    history = plan.settings["reconstruction_loss"]
+    assert history["phase1"] == [] and len(history["phase2"]) == 3
+    assert slim.count_params() == count_params(plan.graph, plan)

@@ -15,7 +15,7 @@ OPTIONS = {
     "obspa": {"damp": 1e-2, "batch_size": 32, "max_dim": 2048, "blocks": 32, "strategy": None,
               "synthetic_steps": 200, "recalibrate_bn": True},
     "reconstruct": {"epochs": (10, 10), "learning_rate": 1e-3, "decay": 1.0, "batch_size": 32,
-                    "synthetic_steps": 200},
+                    "synthetic_steps": 200, "start": None},
 }
 
 
@@ -64,13 +64,17 @@ class PostTraining:
     def scores(self, analysis, scores):
         """OBSPA's group scores (``scores``, the criterion's, rank the groups it cannot); the
         reconstruction keeps the criterion's."""
-        if self.algorithm != "obspa":
+        if self.algorithm == "obspa":
+            options = {k: v for k, v in self.options.items() if k != "recalibrate_bn"}
+        elif self.options["start"] == "obspa":  # OBSPA chooses, compensates, then phase 2 trains
+            options = {k: v for k, v in OPTIONS["obspa"].items() if k not in ("recalibrate_bn", "synthetic_steps")}
+            options["batch_size"] = self.options["batch_size"]
+        else:
             return scores
         import tensorflow as tf
 
         from .obspa import OBSPA
 
-        options = {k: v for k, v in self.options.items() if k != "recalibrate_bn"}
         if options["strategy"] is None and tf.distribute.has_strategy():
             options["strategy"] = tf.distribute.get_strategy()  # called inside strategy.scope()
         self.obspa = OBSPA(self.kg, analysis, self.inputs, verbose=self.verbose, **options)
@@ -80,12 +84,12 @@ class PostTraining:
         """Record the run in ``plan.settings`` and attach how the plan is applied."""
         plan.settings.update(algorithm=self.algorithm, samples=len(self.inputs[0]), source=self.source,
                              seconds_inputs=round(self.seconds_inputs, 3))
-        if self.algorithm == "obspa":
+        if self.obspa is not None:
             plan.compensation = self.obspa.compensation(plan)
-            if self.options["recalibrate_bn"] and self.calibrated:
-                plan.builder = self._recalibrated
-        else:
+        if self.algorithm == "reconstruct":
             plan.builder = self._reconstructed
+        elif self.options["recalibrate_bn"] and self.calibrated:
+            plan.builder = self._recalibrated
         return plan
 
     def _recalibrated(self, kg, plan):
@@ -98,9 +102,13 @@ class PostTraining:
         return slim
 
     def _reconstructed(self, kg, plan):
+        from ..backends.keras import apply_plan
         from .reconstruct import reconstruct
 
-        slim, history = reconstruct(kg, plan, self.inputs, verbose=self.verbose, **self.options)
+        options = dict(self.options)
+        if options.pop("start") == "obspa":
+            options["start"] = apply_plan(kg, plan, transform=plan.compensation)
+        slim, history = reconstruct(kg, plan, self.inputs, verbose=self.verbose, **options)
         plan.settings["reconstruction_loss"] = history
         return slim
 

@@ -137,46 +137,55 @@ def _train(trainer, inputs, epochs, batch_size, lr, penalty=None, decay=0.0, bar
 
 
 def reconstruct(kg, plan: PruningPlan, inputs, epochs=(10, 10), learning_rate: float = 1e-3,
-                decay: float = 1.0, batch_size: int = 32, verbose: bool = False):
+                decay: float = 1.0, batch_size: int = 32, start=None, verbose: bool = False):
     """The slim model of ``plan``, reconstructed on ``inputs`` (one array per model input).
 
     ``epochs``: (phase 1, phase 2) passes over the samples; ``decay``: the final weight of the L2
-    decay on the channels that go. Returns ``(slim model, {"phase1": [...], "phase2": [...]})``
+    decay on the channels that go; ``start``: a slim model of the plan to begin phase 2 from (OBSPA's
+    compensated one), instead of phase 1. Returns ``(slim model, {"phase1": [...], "phase2": [...]})``
     (mean loss per epoch).
     """
     from tqdm.auto import tqdm
 
-    from ..backends.keras import apply_plan
     from ..frontends.keras import from_keras
 
     e1, e2 = (epochs, epochs) if isinstance(epochs, int) else tuple(epochs)
+    e1 = 0 if start is not None else e1
     n = len(keras.tree.flatten(inputs)[0])
     per_epoch = int(np.ceil(n / batch_size))
     probes = _probes(kg)
     history = {"phase1": [], "phase2": []}
     with tqdm(total=(e1 + e2) * per_epoch, desc="reconstruct", unit="step", disable=not verbose) as bar:
-        full = PruningPlan(plan.analysis, np.zeros_like(plan.removed_classes))
-        student = from_keras(apply_plan(kg, full), **kg.options)
-        if e1:
-            masks = _writer_masks(kg, plan)
-            s_nodes = {n.name: n for n in student.graph.nodes}
-            penalty = {}
-            for node in kg.graph.nodes:  # the same parameters in the copy (same node names, same order)
-                for p, q in zip(node.params, s_nodes[node.name].params):
-                    if p.key in masks:
-                        penalty[q.key] = masks[p.key]
-            _train(_Trainer(kg, student, plan, probes, sliced=False), inputs, e1, batch_size, learning_rate,
-                   penalty, decay, bar, history["phase1"])
-        trained = {}
-        s_nodes = {n.name: n for n in student.graph.nodes}
-        for node in kg.graph.nodes:
-            for p, q in zip(node.params, s_nodes[node.name].params):
-                trained[p.key] = student.weight(q.key)
-
-        slim = apply_plan(kg, plan, transform=lambda node, p, value: trained.get(p.key, value))
+        slim = start if start is not None else _phase1(kg, plan, inputs, probes, e1, batch_size, learning_rate,
+                                                       decay, bar, history)
         skg = from_keras(slim, **kg.options)
         reestimate_batchnorm(skg, inputs, batch_size)
         if e2:
             _train(_Trainer(kg, skg, plan, probes, sliced=True), inputs, e2, batch_size, learning_rate,
                    bar=bar, history=history["phase2"])
     return slim, history
+
+
+def _phase1(kg, plan, inputs, probes, e1, batch_size, learning_rate, decay, bar, history):
+    """A full-width copy trained with the decay on the channels that go, then cut to the plan."""
+    from ..backends.keras import apply_plan
+    from ..frontends.keras import from_keras
+
+    full = PruningPlan(plan.analysis, np.zeros_like(plan.removed_classes))
+    student = from_keras(apply_plan(kg, full), **kg.options)
+    if e1:
+        masks = _writer_masks(kg, plan)
+        s_nodes = {n.name: n for n in student.graph.nodes}
+        penalty = {}
+        for node in kg.graph.nodes:  # the same parameters in the copy (same node names, same order)
+            for p, q in zip(node.params, s_nodes[node.name].params):
+                if p.key in masks:
+                    penalty[q.key] = masks[p.key]
+        _train(_Trainer(kg, student, plan, probes, sliced=False), inputs, e1, batch_size, learning_rate,
+               penalty, decay, bar, history["phase1"])
+    trained = {}
+    s_nodes = {n.name: n for n in student.graph.nodes}
+    for node in kg.graph.nodes:
+        for p, q in zip(node.params, s_nodes[node.name].params):
+            trained[p.key] = student.weight(q.key)
+    return apply_plan(kg, plan, transform=lambda node, p, value: trained.get(p.key, value))
