@@ -84,12 +84,7 @@ METHOD_LABELS = {
 
 
 def post_training_rows(data) -> list:
-    rows = list(data.get("rows", []))
-    extra = load("post_training_mnv2.json")  # the MobileNetV2 half, when it was run as its own process
-    if extra:
-        rows += extra["rows"]
-        data.setdefault("unpruned", {}).update(extra["unpruned"])
-    return rows
+    return list(data.get("rows", []))
 
 
 def post_training_table(data) -> str:
@@ -129,19 +124,21 @@ def post_training_plot(data, path):
 
     rows = post_training_rows(data)
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models) + 3.5, 4.5), squeeze=False)
+    colors = plt.cm.tab20.colors
     for ax, model in zip(axes[0], models):
         base = data["unpruned"][model]
-        for method, label in METHOD_LABELS.items():
+        for i, (method, label) in enumerate(METHOD_LABELS.items()):
             pts = sorted((r["macs_fraction"], r["accuracy"]) for r in rows if r["model"] == model and r["method"] == method)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "os^D"[i % 4] + "-", color=colors[i % 20], label=label)
         ax.axhline(base["accuracy"], color="k", ls="--", lw=1, label="unpruned")
         ax.set(title=f"{model} on Fashion-MNIST, no fine-tuning", xlabel="MACs (fraction of the unpruned model)",
                ylabel="test accuracy", ylim=(0, 1))
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 1 - 3.3 / fig.get_figwidth(), 1))
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
