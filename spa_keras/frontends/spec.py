@@ -1,9 +1,14 @@
-"""How one call of an operation acts on channels: what a frontend says about it (framework-free)."""
+"""What a frontend says about one call of an operation, and the pieces both frontends share
+(framework-free: no Keras, no ONNX here)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
+
+from ..errors import NonFiniteWeightsError
 
 
 @dataclass
@@ -31,3 +36,43 @@ class Spec:
 def fixed(reason: str, macs: float = 0.0) -> Spec:
     """An op held fixed (its channels are kept), with the reason the reports give and its MACs."""
     return Spec("fixed", attrs={"reason": reason}, macs=[(float(macs), [])] if macs else [])
+
+
+#: element-wise functions of one tensor, by the name both Keras (``keras.ops`` classes) and ONNX use
+ELEMENTWISE = frozenset({
+    "Relu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "LeakyRelu", "HardSigmoid", "HardSwish", "Softplus",
+    "Softsign", "Mish", "Gelu", "Erf", "Sqrt", "Exp", "Log", "Abs", "Identity", "Cast", "Floor", "Ceil",
+    "Round", "Sign", "Sin", "Cos", "Reciprocal",
+})  # fmt: skip
+
+
+def reshape_rule(src, dst, axis: int):
+    """How a reshape from ``src`` to ``dst`` (shapes without the batch axis, every size known) treats the
+    channel axis ``axis`` of ``src``: ``("identity", new_axis)`` when every channel stays one slice of
+    ``dst`` (the sizes before the axis multiply to the same number on both sides); ``("flatten",
+    "tile")`` or ``("flatten", "repeat")`` for a reshape to one axis from a channels-last or a
+    channels-first tensor; ``None`` when the channels are cut up or mixed."""
+    src, dst = [int(d) for d in src], [int(d) for d in dst]
+    c = src[axis]
+    before = int(np.prod(src[:axis]))
+    for j, d in enumerate(dst):
+        if d == c and int(np.prod(dst[:j])) == before:
+            return "identity", j
+    if len(dst) == 1 and dst[0] == int(np.prod(src)):
+        if axis == len(src) - 1:
+            return "flatten", "tile"
+        if before == 1:
+            return "flatten", "repeat"
+    return None
+
+
+def check_finite(value, where: str, weight: str, fix: str) -> None:
+    """Raise :class:`NonFiniteWeightsError` when a float ``value`` holds NaN or Inf, naming ``where``
+    (the layer or node) and ``weight``; ``fix`` says what to do."""
+    value = np.asarray(value)
+    if not np.issubdtype(value.dtype, np.floating) or np.isfinite(value).all():
+        return
+    nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
+    raise NonFiniteWeightsError(
+        f"{where}: {weight} holds {nan} NaN and {inf} Inf values; no criterion can rank its channels. {fix}"
+    )

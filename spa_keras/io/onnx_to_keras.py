@@ -17,16 +17,19 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import UnsupportedModelError
-from ..frontends.onnx import inferred_graph
+from ..frontends.onnx import attr, inferred_graph
 
 NHWC, NATIVE = "nhwc", "native"
 
 
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
+def converts(*ops):
+    """Mark a method of :class:`_Converter` as the conversion of these ONNX op types."""
+
+    def deco(fn):
+        fn.onnx_ops = ops
+        return fn
+
+    return deco
 
 
 class _Converter:
@@ -99,9 +102,9 @@ class _Converter:
     # ---- ops ---------------------------------------------------------------------------------------
     def convert(self, node):
         op = node.op_type
-        fn = getattr(self, f"op_{op}", None)
+        fn = CONVERTERS.get(op)
         if op == "Constant":
-            self.consts[node.output[0]] = numpy_helper.to_array(_attr(node, "value"))
+            self.consts[node.output[0]] = numpy_helper.to_array(attr(node, "value"))
             return
         if all(x in self.consts for x in node.input if x) and op not in ("Shape",):
             self.fold(node)
@@ -113,7 +116,7 @@ class _Converter:
                 f"ONNX op {op} (node {node.name or node.output[0]!r}) has no Keras conversion yet; prune the "
                 "ONNX model directly with spa.prune(path) or convert it with another tool"
             )
-        fn(node)
+        fn(self, node)
 
     def fold(self, node):
         """Constant-fold a node whose inputs are all constants (shape arithmetic)."""
@@ -129,12 +132,14 @@ class _Converter:
         for o, v in zip(node.output, ref.run(None, vals)):
             self.consts[o] = np.asarray(v)
 
+    @converts("Shape")
     def op_Shape(self, node):
         shape = self.shapes.get(node.input[0])
         if shape is None or None in shape[1:]:
             raise UnsupportedModelError("Shape of a tensor with unknown dimensions cannot be converted")
         self.consts[node.output[0]] = np.array([1 if shape[0] is None else shape[0]] + list(shape[1:]), np.int64)
 
+    @converts("Conv")
     def op_Conv(self, node):
         w = self.const(node.input[1])
         if w.ndim != 4:
@@ -142,11 +147,11 @@ class _Converter:
         b = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         x = self.nhwc(node.input[0])
         x, padding = self.pads(node, x, w.shape[2:], value=0.0)
-        g = int(_attr(node, "group", 1))
+        g = int(attr(node, "group", 1))
         o, ig, kh, kw = w.shape
         cin = ig * g
-        common = dict(strides=tuple(_attr(node, "strides", [1, 1])), padding=padding,
-                      dilation_rate=tuple(_attr(node, "dilations", [1, 1])), use_bias=b is not None,
+        common = dict(strides=tuple(attr(node, "strides", [1, 1])), padding=padding,
+                      dilation_rate=tuple(attr(node, "dilations", [1, 1])), use_bias=b is not None,
                       name=self.layer_name(node))
         if g > 1 and g == cin:
             m = o // cin
@@ -160,7 +165,7 @@ class _Converter:
         self.set(node.output[0], y, NHWC)
 
     def pads(self, node, x, kernel, value):
-        auto = _attr(node, "auto_pad", b"NOTSET")
+        auto = attr(node, "auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         if auto in ("SAME_UPPER",):
             return x, "same"
@@ -168,7 +173,7 @@ class _Converter:
             return x, "valid"
         if auto == "SAME_LOWER":
             raise UnsupportedModelError("auto_pad SAME_LOWER has no Keras equivalent")
-        p = list(_attr(node, "pads", [0, 0, 0, 0]))
+        p = list(attr(node, "pads", [0, 0, 0, 0]))
         if any(p):
             (t, left, bot, right) = p
             if value == 0.0:
@@ -177,9 +182,10 @@ class _Converter:
                 x = self.k.ops.pad(x, [[0, 0], [t, bot], [left, right], [0, 0]], constant_values=value)
         return x, "valid"
 
+    @converts("BatchNormalization")
     def op_BatchNormalization(self, node):
         s, b, m, v = (self.const(n) for n in node.input[1:5])
-        layer = self.L.BatchNormalization(epsilon=float(_attr(node, "epsilon", 1e-5)), name=self.layer_name(node))
+        layer = self.L.BatchNormalization(epsilon=float(attr(node, "epsilon", 1e-5)), name=self.layer_name(node))
         x, layout = self.t[node.input[0]]
         if len(x.shape) == 4:
             x, layout = self.nhwc(node.input[0]), NHWC
@@ -191,47 +197,53 @@ class _Converter:
 
     def pool(self, node, cls, value):
         x = self.nhwc(node.input[0])
-        if _attr(node, "ceil_mode", 0):
+        if attr(node, "ceil_mode", 0):
             raise UnsupportedModelError(f"{node.op_type} with ceil_mode=1 is not converted")
-        if node.op_type == "AveragePool" and any(_attr(node, "pads", [])) and not _attr(node, "count_include_pad", 0):
+        if node.op_type == "AveragePool" and any(attr(node, "pads", [])) and not attr(node, "count_include_pad", 0):
             raise UnsupportedModelError("AveragePool with padding and count_include_pad=0 is not converted")
-        k = tuple(_attr(node, "kernel_shape"))
+        k = tuple(attr(node, "kernel_shape"))
         x, padding = self.pads(node, x, k, value)
-        y = cls(k, strides=tuple(_attr(node, "strides", k)), padding=padding, name=self.layer_name(node))(x)
+        y = cls(k, strides=tuple(attr(node, "strides", k)), padding=padding, name=self.layer_name(node))(x)
         self.set(node.output[0], y, NHWC)
 
+    @converts("MaxPool")
     def op_MaxPool(self, node):
         self.pool(node, self.L.MaxPooling2D, -np.inf)
 
+    @converts("AveragePool")
     def op_AveragePool(self, node):
         self.pool(node, self.L.AveragePooling2D, 0.0)
 
+    @converts("GlobalAveragePool")
     def op_GlobalAveragePool(self, node):
         y = self.L.GlobalAveragePooling2D(keepdims=True, name=self.layer_name(node))(self.nhwc(node.input[0]))
         self.set(node.output[0], y, NHWC)
 
+    @converts("GlobalMaxPool")
     def op_GlobalMaxPool(self, node):
         y = self.L.GlobalMaxPooling2D(keepdims=True, name=self.layer_name(node))(self.nhwc(node.input[0]))
         self.set(node.output[0], y, NHWC)
 
+    @converts("Flatten")
     def op_Flatten(self, node):
-        if _attr(node, "axis", 1) != 1:
+        if attr(node, "axis", 1) != 1:
             raise UnsupportedModelError("Flatten with axis != 1 is not converted")
         x = self.native(node.input[0])
         y = self.L.Flatten(name=self.layer_name(node))(x) if len(x.shape) > 2 else x
         self.set(node.output[0], y, NATIVE)
 
+    @converts("Gemm")
     def op_Gemm(self, node):
         w = self.const(node.input[1])
-        if _attr(node, "transA", 0):
+        if attr(node, "transA", 0):
             raise UnsupportedModelError("Gemm with transA is not converted")
-        if _attr(node, "transB", 0):
+        if attr(node, "transB", 0):
             w = w.T
-        w = w * float(_attr(node, "alpha", 1.0))
+        w = w * float(attr(node, "alpha", 1.0))
         c = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         layer = self.L.Dense(w.shape[1], use_bias=c is not None, name=self.layer_name(node))
         y = layer(self.native(node.input[0]))
-        bias = [np.broadcast_to(c * float(_attr(node, "beta", 1.0)), (w.shape[1],)).astype(w.dtype)] if c is not None else []
+        bias = [np.broadcast_to(c * float(attr(node, "beta", 1.0)), (w.shape[1],)).astype(w.dtype)] if c is not None else []
         layer.set_weights([w] + bias)
         self.set(node.output[0], y, NATIVE)
 
@@ -247,6 +259,7 @@ class _Converter:
             return None, None
         return add, self.consts[other[0]]
 
+    @converts("MatMul")
     def op_MatMul(self, node):
         if node.input[1] in self.consts and self.consts[node.input[1]].ndim == 2:
             w = self.consts[node.input[1]]
@@ -261,12 +274,14 @@ class _Converter:
             y = self.k.ops.matmul(self.operand(node.input[0], NATIVE), self.operand(node.input[1], NATIVE))
         self.set(node.output[0], y, NATIVE)
 
+    @converts("Relu")
     def op_Relu(self, node):
         self.unary(node, lambda x, n: self.L.ReLU(name=n)(x))
 
+    @converts("Clip")
     def op_Clip(self, node):
-        lo = self.consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else _attr(node, "min")
-        hi = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else _attr(node, "max")
+        lo = self.consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else attr(node, "min")
+        hi = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else attr(node, "max")
         lo = None if lo is None else float(lo)
         hi = None if hi is None else float(hi)
         if lo == 0.0 and hi is not None:
@@ -274,25 +289,30 @@ class _Converter:
         else:
             self.unary(node, lambda x, n: self.k.ops.clip(x, -np.inf if lo is None else lo, np.inf if hi is None else hi))
 
+    @converts("LeakyRelu")
     def op_LeakyRelu(self, node):
-        a = float(_attr(node, "alpha", 0.01))
+        a = float(attr(node, "alpha", 0.01))
         self.unary(node, lambda x, n: self.L.LeakyReLU(negative_slope=a, name=n)(x))
 
+    @converts("HardSigmoid")
     def op_HardSigmoid(self, node):
-        a, b = float(_attr(node, "alpha", 0.2)), float(_attr(node, "beta", 0.5))
+        a, b = float(attr(node, "alpha", 0.2)), float(attr(node, "beta", 0.5))
         self.unary(node, lambda x, n: self.k.ops.clip(x * a + b, 0.0, 1.0))
 
+    @converts("HardSwish")
     def op_HardSwish(self, node):
         self.unary(node, lambda x, n: self.L.Activation("hard_silu", name=n)(x))
 
+    @converts("Gelu")
     def op_Gelu(self, node):
-        approx = _attr(node, "approximate", b"none")
+        approx = attr(node, "approximate", b"none")
         approx = (approx.decode() if isinstance(approx, bytes) else approx) == "tanh"
         self.unary(node, lambda x, n: self.k.ops.gelu(x, approximate=approx))
 
+    @converts("Softmax")
     def op_Softmax(self, node):
         x, layout = self.t[node.input[0]]
-        axis = _attr(node, "axis", -1) % self.rank(node.input[0])
+        axis = attr(node, "axis", -1) % self.rank(node.input[0])
         x = self.native(node.input[0])
         self.set(node.output[0], self.L.Softmax(axis=axis, name=self.layer_name(node))(x), NATIVE)
 
@@ -300,13 +320,15 @@ class _Converter:
         x, layout = self.t[node.input[0]]
         self.set(node.output[0], fn(x, self.layer_name(node)), layout)
 
+    @converts("Identity")
     def op_Identity(self, node):
         self.t[node.output[0]] = self.t[node.input[0]]
 
     op_Dropout = op_Identity
 
+    @converts("Cast")
     def op_Cast(self, node):
-        to = onnx.helper.tensor_dtype_to_np_dtype(_attr(node, "to"))
+        to = onnx.helper.tensor_dtype_to_np_dtype(attr(node, "to"))
         self.unary(node, lambda x, n: self.k.ops.cast(x, str(to)))
 
     def operand(self, name, layout, rank=None):
@@ -327,8 +349,9 @@ class _Converter:
         fn = ELEMENTWISE[node.op_type]
         self.set(node.output[0], fn(self.k.ops, *args), layout if rank == 4 else NATIVE)
 
+    @converts("Concat")
     def op_Concat(self, node):
-        axis = _attr(node, "axis") % self.rank(node.output[0])
+        axis = attr(node, "axis") % self.rank(node.output[0])
         layouts = {self.t[x][1] for x in node.input if x not in self.consts}
         if layouts == {NHWC} and axis == 1:
             y = self.L.Concatenate(axis=-1, name=self.layer_name(node))([self.t[x][0] for x in node.input])
@@ -337,9 +360,10 @@ class _Converter:
             y = self.k.ops.concatenate([self.operand(x, NATIVE) for x in node.input], axis=axis)
             self.set(node.output[0], y, NATIVE)
 
+    @converts("Split")
     def op_Split(self, node):
-        axis = _attr(node, "axis", 0) % self.rank(node.input[0])
-        sizes = self.consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else _attr(node, "split")
+        axis = attr(node, "axis", 0) % self.rank(node.input[0])
+        sizes = self.consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else attr(node, "split")
         x, layout = self.t[node.input[0]]
         k_axis = -1 if (layout == NHWC and axis == 1 and len(x.shape) == 4) else axis
         if k_axis == axis:
@@ -349,6 +373,7 @@ class _Converter:
         for o, y in zip(node.output, self.k.ops.split(x, indices, axis=k_axis)):
             self.set(o, y, layout)
 
+    @converts("Reshape")
     def op_Reshape(self, node):
         shape = [int(s) for s in self.const(node.input[1])]
         src = list(self.shapes.get(node.input[0]) or [])
@@ -362,8 +387,9 @@ class _Converter:
             y = self.k.ops.reshape(x, tuple(-1 if d is None else d for d in target))
         self.set(node.output[0], y, NATIVE)
 
+    @converts("Transpose")
     def op_Transpose(self, node):
-        perm = list(_attr(node, "perm"))
+        perm = list(attr(node, "perm"))
         x = self.native(node.input[0])
         if perm[0] == 0:
             y = self.L.Permute(tuple(p for p in perm[1:]), name=self.layer_name(node))(x)
@@ -372,15 +398,17 @@ class _Converter:
         self.set(node.output[0], y, NATIVE)
 
     def axes_of(self, node, index=1):
-        axes = _attr(node, "axes")
+        axes = attr(node, "axes")
         if axes is None and len(node.input) > index and node.input[index]:
             axes = self.const(node.input[index])
         return None if axes is None else [int(a) for a in np.ravel(axes)]
 
+    @converts("Squeeze")
     def op_Squeeze(self, node):
         axes = self.axes_of(node)
         self.set(node.output[0], self.k.ops.squeeze(self.native(node.input[0]), axis=tuple(axes) if axes else None), NATIVE)
 
+    @converts("Unsqueeze")
     def op_Unsqueeze(self, node):
         y = self.native(node.input[0])
         axes = self.axes_of(node)
@@ -389,9 +417,10 @@ class _Converter:
             y = self.k.ops.expand_dims(y, a)
         self.set(node.output[0], y, NATIVE)
 
+    @converts("ReduceMean")
     def op_ReduceMean(self, node):
         axes = self.axes_of(node)
-        keep = bool(_attr(node, "keepdims", 1))
+        keep = bool(attr(node, "keepdims", 1))
         x, layout = self.t[node.input[0]]
         if layout == NHWC and len(x.shape) == 4 and sorted(a % 4 for a in axes) == [2, 3]:
             y = self.L.GlobalAveragePooling2D(keepdims=keep, name=self.layer_name(node))(x)
@@ -400,19 +429,21 @@ class _Converter:
         y = self.k.ops.mean(self.native(node.input[0]), axis=tuple(axes), keepdims=keep)
         self.set(node.output[0], y, NATIVE)
 
+    @converts("Gather")
     def op_Gather(self, node):
-        axis = _attr(node, "axis", 0) % self.rank(node.input[0])
+        axis = attr(node, "axis", 0) % self.rank(node.input[0])
         idx = self.const(node.input[1])
         y = self.k.ops.take(self.native(node.input[0]), idx, axis=axis)
         self.set(node.output[0], y, NATIVE)
 
+    @converts("LayerNormalization")
     def op_LayerNormalization(self, node):
-        axis = _attr(node, "axis", -1) % self.rank(node.input[0])
+        axis = attr(node, "axis", -1) % self.rank(node.input[0])
         if axis != self.rank(node.input[0]) - 1:
             raise UnsupportedModelError("LayerNormalization over more than the last axis is not converted")
         s = self.const(node.input[1])
         b = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        layer = self.L.LayerNormalization(epsilon=float(_attr(node, "epsilon", 1e-5)), center=b is not None,
+        layer = self.L.LayerNormalization(epsilon=float(attr(node, "epsilon", 1e-5)), center=b is not None,
                                           name=self.layer_name(node))
         y = layer(self.native(node.input[0]))
         layer.set_weights([s] + ([b] if b is not None else []))
@@ -441,6 +472,10 @@ ELEMENTWISE = {
     "Elu": lambda o, a: o.elu(a),
     "Selu": lambda o, a: o.selu(a),
 }
+
+
+#: ONNX op type -> ``method(converter, node)``
+CONVERTERS = {op: fn for fn in vars(_Converter).values() for op in getattr(fn, "onnx_ops", ())}
 
 
 def _fold(fn, args):
