@@ -1,0 +1,255 @@
+"""Walking a Keras 3 model into the standard channel graph.
+
+:func:`from_keras` walks a Functional or Sequential model (nested models inlined, shared layers and
+non-Layer ``keras.ops`` nodes included) and describes every call as a :class:`~spa_keras.graph.Node`,
+asking the registry (:mod:`.registry`, :mod:`.layers`, :mod:`.ops`) what each call means for channels.
+
+Keras' private graph attributes (``_nodes_by_depth``, ``node.arguments``, ``_inputs_struct``) are read
+here and only here.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from ...errors import UnsupportedModelError
+from ...graph import STAT, Graph, Node, Param
+from ..base import ModelView
+from ..spec import Spec, check_finite, fixed
+from .ops import describe_op
+from .registry import Call, lookup
+
+def functional_of(model):
+    """The Functional graph behind a Functional or Sequential model."""
+    if isinstance(model, keras.Sequential):
+        fn = getattr(model, "_functional", None)
+        if fn is None:
+            raise UnsupportedModelError(
+                f"Sequential model {model.name!r} is not built: give its first layer an input shape "
+                "(keras.Input(shape=...)) or call model.build(input_shape) first"
+            )
+        return fn
+    if isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth") and model._nodes_by_depth:
+        return model
+    raise UnsupportedModelError(
+        f"{type(model).__name__} {getattr(model, 'name', '')!r} is a subclassed model without a "
+        "functional graph: build it with the Functional API (keras.Model(inputs, outputs)) or as a "
+        "keras.Sequential, so that spa_keras can see how its layers connect; a custom layer inside such "
+        "a model is described to spa_keras with spa.register_layer"
+    )
+
+
+def is_model(op) -> bool:
+    return isinstance(op, keras.Model)
+
+
+def topological_nodes(fmodel):
+    """The Keras nodes of a Functional model in execution order (input nodes left out)."""
+    for depth in sorted(fmodel._nodes_by_depth, reverse=True):
+        for node in fmodel._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                yield node
+
+
+def fill_in(node, tensor_map):
+    """The positional and keyword arguments of a Keras node with its tensors replaced."""
+    return node.arguments.fill_in(tensor_map)
+
+
+def pack_inputs(fmodel, flat):
+    """``flat`` tensors in the structure (list, dict, single) of a Functional model's inputs."""
+    return keras.tree.pack_sequence_as(fmodel._inputs_struct, flat)
+
+
+def pack_outputs(fmodel, flat):
+    """``flat`` tensors in the structure of a Functional model's outputs."""
+    return keras.tree.pack_sequence_as(fmodel._outputs_struct, flat)
+
+
+def _shape(t):
+    return tuple(t.shape[1:])
+
+
+def _channels(t) -> int:
+    s = t.shape
+    if len(s) < 2 or s[-1] is None:
+        return 0
+    return int(s[-1])
+
+
+class KerasGraph(ModelView):
+    """A Keras model read as a standard channel graph.
+
+    Attributes: ``model``; ``graph``; ``variables`` (parameter key -> Keras variable); ``specs``
+    (node name -> :class:`Spec`); ``layer_nodes`` (id(layer) -> first node of that layer);
+    ``model_inputs`` (id(nested model) -> graph tensor ids of its inputs at its first call).
+    """
+
+    traceable = True
+    trainable = True
+    kind = "Keras"
+
+    def __init__(self, model, **options):
+        self.model = model
+        self.options = options
+        self.graph = Graph(model.name)
+        self.variables: dict = {}
+        self.specs: dict = {}
+        self.layer_nodes: dict = {}
+        self.model_inputs: dict = {}
+        self._calls: dict = {}
+        self._seen_tensors: dict = {}
+        fmodel = functional_of(model)
+        tmap = {}
+        for x in fmodel.inputs:
+            tid = self.graph.add_tensor(x.name, _shape(x), _channels(x))
+            tmap[id(x)] = tid
+            self.graph.inputs.append(tid)
+        self._walk(fmodel, tmap, "")
+        self.graph.outputs = [tmap[id(t)] for t in fmodel.outputs]
+        for ids in self._seen_tensors.values():
+            for other in ids[1:]:
+                self.graph.tie(ids[0], other)
+
+    # ---- the frontend interface (spa_keras.frontends.base.ModelView) -------------------------------
+    def weight(self, key) -> np.ndarray:
+        return np.asarray(self.variables[key].numpy())
+
+    def input_specs(self) -> list:
+        from .view import input_specs
+
+        return input_specs(self)
+
+    def linear(self, node):
+        from .view import linear
+
+        return linear(self, node)
+
+    def batchnorm(self, node):
+        from .view import batchnorm
+
+        return batchnorm(self, node)
+
+    def run(self, inputs, keep=None, training: bool = False) -> dict:
+        """See :func:`spa_keras.frontends.keras.runner.run`."""
+        from .runner import run
+
+        return run(self, inputs, keep, training)
+
+    def variable(self, key):
+        return self.variables[key]
+
+    def is_trainable(self, key) -> bool:
+        return bool(self.variables[key].trainable)
+
+    def assign(self, key, value) -> None:
+        self.variables[key].assign(value)
+
+    def copy(self) -> "KerasGraph":
+        from .view import copy
+
+        return copy(self)
+
+    def gradient_stats(self, data, loss=None):
+        from .gradients import gradient_stats
+
+        return gradient_stats(self, data, loss)
+
+    # ---- reading the model ---------------------------------------------------------------------------
+
+    def _walk(self, fmodel, tmap, prefix):
+        for knode in topological_nodes(fmodel):
+            op = knode.operation
+            in_ids = [tmap[id(t)] for t in knode.input_tensors]
+            if is_model(op):
+                inner = functional_of(op)
+                inner_map = {id(x): tid for x, tid in zip(inner.inputs, in_ids)}
+                self.model_inputs.setdefault(id(op), in_ids)
+                self._walk(inner, inner_map, f"{prefix}{op.name}/")
+                for t, inner_t in zip(knode.output_tensors, inner.outputs):
+                    tmap[id(t)] = inner_map[id(inner_t)]
+                continue
+            out_ids = []
+            for t in knode.output_tensors:
+                tid = self.graph.add_tensor(f"{prefix}{t.name}", _shape(t), _channels(t))
+                tmap[id(t)] = tid
+                out_ids.append(tid)
+                if prefix:  # inner tensor of a nested model: one width however often it is called
+                    self._seen_tensors.setdefault(id(t), []).append(tid)
+            self._add_node(op, knode, in_ids, out_ids, prefix)
+        if prefix:
+            for x, tid in ((x, tmap[id(x)]) for x in fmodel.inputs):
+                self._seen_tensors.setdefault(id(x), []).append(tid)
+
+    def _add_node(self, op, knode, in_ids, out_ids, prefix):
+        g = self.graph
+        call = Call(
+            op,
+            [g.tensors[t].shape for t in in_ids],
+            [g.tensors[t].shape for t in out_ids],
+            knode,
+            self.options,
+        )
+        if isinstance(op, keras.layers.Layer):
+            handler = lookup(op)
+            if handler is None:
+                spec = fixed(f"unknown layer class {type(op).__name__}: its channels are held fixed")
+            else:
+                spec = handler(call)
+        else:
+            spec = describe_op(op, call)
+        base = f"{prefix}{op.name}"
+        k = self._calls.get(base, 0)
+        self._calls[base] = k + 1
+        name = base if k == 0 else f"{base}#{k}"
+        for hname, width in spec.hidden:
+            out_ids.append(g.add_tensor(f"{name}:{hname}", (width,), width))
+        params = []
+        for v in getattr(op, "weights", []) if isinstance(op, keras.layers.Layer) else []:
+            key = id(v)
+            if key not in self.variables and "float" in str(v.dtype):
+                check_finite(v.numpy(), f"layer {op.name!r} ({type(op).__name__})", f"weight {v.name!r} ({v.path})",
+                             "Restore the weights from a checkpoint taken before training diverged (or lower "
+                             "the learning rate), then prune")
+            self.variables[key] = v
+            short = param_name(spec, v)
+            axes, role, *tag = spec.params.get(short, ({}, STAT))
+            params.append(Param(key, v.path, tuple(v.shape), dict(axes), role, tag[0] if tag else ""))
+        node = Node(name, spec.kind, in_ids, out_ids, params, dict(spec.attrs), list(spec.macs), base,
+                    (op, knode))
+        g.add_node(node)
+        self.specs[name] = spec
+        self.layer_nodes.setdefault(id(op), node)
+
+
+def param_name(spec: Spec, v) -> str:
+    """The key of ``spec.params`` that names variable ``v``: its id, the end of its path, or its
+    short name."""
+    if id(v) in spec.params:
+        return id(v)
+    path = v.path
+    for key in spec.params:
+        if isinstance(key, str) and "/" in key and path.endswith("/" + key):
+            return key
+    return v.name.split("/")[-1]
+
+
+def from_keras(model, prune_layer_norm: bool = False) -> KerasGraph:
+    """Read a Keras model into the standard channel graph.
+
+    ``prune_layer_norm``: let channels through LayerNormalization (gamma and beta sliced). Exact only
+    up to LayerNorm's statistics, which change when channels go: fine-tune afterwards. Default: held.
+
+    >>> import keras, spa_keras.frontends.keras as fk
+    >>> x = keras.Input((8, 8, 3)); y = keras.layers.Conv2D(4, 3)(x)
+    >>> kg = fk.from_keras(keras.Model(x, y))
+    >>> [n.kind for n in kg.graph.nodes]
+    ['linear']
+    """
+    if not isinstance(model, keras.Model):
+        raise UnsupportedModelError(
+            f"expected a keras.Model, got {type(model).__name__}; load it first "
+            "(keras.saving.load_model) or pass a path to spa.prune"
+        )
+    return KerasGraph(model, prune_layer_norm=prune_layer_norm)
