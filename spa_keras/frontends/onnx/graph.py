@@ -19,6 +19,7 @@ from onnx import numpy_helper, shape_inference
 
 from ...errors import InvalidArgumentError, ModelFileError, UnsupportedModelError
 from ...graph import STAT, Graph, Node, Param
+from ..base import ModelView
 from ..spec import Spec, check_finite
 from .ops import NCHW_OPS, SHAPE_OPS, OnnxCall, attr, describe
 
@@ -56,7 +57,7 @@ def inferred_graph(model: onnx.ModelProto):
     return g, shapes
 
 
-class OnnxGraph:
+class OnnxGraph(ModelView):
     """An ONNX model read as a standard channel graph.
 
     Attributes: ``model`` (the input ``ModelProto``, never changed); ``graph`` (each node's ``ref`` is
@@ -64,10 +65,14 @@ class OnnxGraph:
     -> :class:`Spec`); ``protos`` (node name -> NodeProto).
     """
 
+    kind = "ONNX"
+
     def __init__(self, model: onnx.ModelProto):
         model = _without_constant_identities(model)
         self.model = model
         g, self.shapes = inferred_graph(model)
+        self.value_info = {vi.name: vi for vi in list(g.value_info) + list(g.output)}
+        self._runner = None
         self.arrays = {i.name: numpy_helper.to_array(i) for i in g.initializer}
         for node in g.node:
             if node.op_type == "Constant" and attr(node, "value") is not None:
@@ -119,8 +124,32 @@ class OnnxGraph:
         self.tid[name] = tid
         return tid
 
+    # ---- the frontend interface (spa_keras.frontends.base.ModelView) -------------------------------
     def weight(self, key) -> np.ndarray:
         return self.arrays[key]
+
+    def input_specs(self) -> list:
+        from .view import input_specs
+
+        return input_specs(self)
+
+    def linear(self, node):
+        from .view import linear
+
+        return linear(self, node)
+
+    def batchnorm(self, node):
+        from .view import batchnorm
+
+        return batchnorm(self, node)
+
+    def run(self, inputs, keep=None, training: bool = False) -> dict:
+        """``{graph tensor id: NumPy array}`` from onnxruntime (see :class:`.view.Runner`)."""
+        from .view import Runner
+
+        if self._runner is None:
+            self._runner = Runner(self)
+        return self._runner(inputs, keep, training)
 
     # ---- nodes ---------------------------------------------------------------------------------------
     def _add(self, node, index):
