@@ -11,7 +11,7 @@ import fnmatch
 import os
 
 from . import config as _config
-from .config import DATA, RECIPE, RUN, PruningConfig, resolve
+from .config import DATA, RECIPE, RUN, PruningConfig, check_names, resolve
 from .errors import InvalidArgumentError, OutputExistsError
 from .graph import analyse
 from .metrics import count_macs, count_params
@@ -25,7 +25,7 @@ def _is_onnx(model) -> bool:
 
 
 def _frontend_options(cfg: PruningConfig | None) -> dict:
-    return {"prune_layer_norm": bool(cfg is not None and cfg.prune_layer_norm)}
+    return {"residual_stream": "hold" if cfg is None else cfg.residual_stream}
 
 
 def read_model(model, cfg: PruningConfig | None = None):
@@ -119,7 +119,7 @@ def _scores(view, analysis, cfg: PruningConfig):
     return score_fn(analysis, view.weight, reduction=cfg.group_reduction, **context)
 
 
-def _plan(model, cfg: PruningConfig, verbose=None):
+def _plan(model, cfg: PruningConfig, verbose):
     """``(plan, post)``: the plan, and the post-training run that made it (None without an algorithm),
     which :func:`prune` asks to finish the written model."""
     view = read_model(model, cfg)
@@ -167,8 +167,8 @@ def plan(model, config=None, **options) -> PruningPlan:
     >>> abs(p.settings["reached"] / p.settings["base"] - 0.5) < 0.01
     True
     """
-    verbose = _config.check_run(verbose=options.pop("verbose", None))["verbose"]
-    return _plan(model, resolve(config, "spa.plan", **options), verbose)[0]
+    run = _config.check_run(**{k: options.pop(k) for k in ("verbose",) if k in options})
+    return _plan(model, resolve(config, "spa.plan", **options), run["verbose"])[0]
 
 
 def apply(plan_: PruningPlan):
@@ -208,7 +208,7 @@ def prune(model, config=None, **options):
     return _prune(model, resolve(config, "spa.prune", **options), **run)[0]
 
 
-def _prune(model, cfg: PruningConfig, output=None, overwrite=False, report=None, verbose=None):
+def _prune(model, cfg: PruningConfig, output, overwrite, report, verbose):
     """:func:`prune`, returning ``(slim, report, plan)``: the report only when asked for or verbose, the
     plan that was written (the first of them when pruning in steps)."""
     if output is not None and os.path.exists(output) and not overwrite:  # before any work
@@ -286,9 +286,10 @@ class Pruner:
         self.report = None
         self.last_plan = None
 
-    def plan(self, model, verbose=None) -> PruningPlan:
-        """The plan this recipe makes for ``model`` (nothing is changed)."""
-        return _plan(model, self.config, _config.check_run(verbose=verbose)["verbose"])[0]
+    def plan(self, model, **run) -> PruningPlan:
+        """The plan this recipe makes for ``model`` (nothing is changed); ``verbose`` as for :func:`plan`."""
+        check_names(run, ["verbose"], "Pruner.plan")
+        return _plan(model, self.config, _config.check_run(**run)["verbose"])[0]
 
     def prune(self, model, **run):
         """The slim model (the run options of :func:`prune`: ``output``, ``overwrite``, ``report``,

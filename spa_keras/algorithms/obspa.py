@@ -100,7 +100,7 @@ def _flattened_channels(graph, node, cls, producer) -> int:
     return c
 
 
-def find_consumers(model, analysis, max_dim: int = 2048) -> list:
+def find_consumers(model, analysis, max_dim: int) -> list:
     """Every OBS-compensable consumer of a prunable channel: the layers the frontend shows as a
     :class:`~spa_keras.frontends.base.LinearView` (dense layers, convolutions with ``groups == 1``) whose
     input axis reads at least one prunable class. ``model`` is the frontend's graph object."""
@@ -189,7 +189,7 @@ def hessian_step(model, consumers):
     return step
 
 
-def accumulate_hessians(model, consumers, inputs, batch_size: int = 32, strategy=None, progress=None) -> dict:
+def accumulate_hessians(model, consumers, inputs, batch_size: int, strategy=None, progress=None) -> dict:
     """``{kernel key: Σ x xᵀ}`` (float64 NumPy) over ``inputs`` (arrays, one per model input), in batches.
 
     Each batch runs as one ``tf.function`` when the model's runner is traceable (a Keras model; an ONNX
@@ -358,7 +358,7 @@ class _Part:
         return float(loss)
 
 
-def group_scores(group, consumers, states, progress=None, blocks: int = 32):
+def group_scores(group, consumers, states, progress, blocks: int):
     """Greedy structured OBS over one group: a score per class of the group (cumulative relative
     loss at its removal) or None when some class has no OBS consumer."""
     classes = group.classes
@@ -412,16 +412,18 @@ class OBSPA:
     >>> # plan.compensate(o.compensation(plan)); slim = spa.apply(plan)
     """
 
-    def __init__(self, model, analysis, inputs, damp: float = 1e-2, batch_size: int = 32, strategy=None,
-                 max_dim: int = 2048, blocks: int = 32, verbose: bool = False):
-        from tqdm.auto import tqdm
+    def __init__(self, model, analysis, inputs, verbose: bool = False, **options):
+        """``options``: OBSPA's ``algorithm_options`` (``spa_keras.algorithms.OPTIONS["obspa"]`` has
+        them with their defaults): ``damp``, ``batch_size``, ``strategy``, ``max_dim``, ``blocks``."""
+        from . import check, progress
 
-        self.model, self.analysis, self.damp, self.blocks, self.verbose = model, analysis, damp, blocks, verbose
-        self.consumers = find_consumers(model, analysis, max_dim)
+        o = check("obspa", options)
+        self.model, self.analysis, self.verbose = model, analysis, verbose
+        self.damp, self.blocks = o["damp"], o["blocks"]
+        self.consumers = find_consumers(model, analysis, o["max_dim"])
         n = len(inputs[0])
-        with tqdm(total=int(math.ceil(n / batch_size)), desc="OBSPA Hessians", unit="batch",
-                  disable=not verbose) as bar:
-            self.hessians = accumulate_hessians(model, self.consumers, inputs, batch_size, strategy, bar)
+        with progress(int(math.ceil(n / o["batch_size"])), "OBSPA Hessians", "batch", verbose) as bar:
+            self.hessians = accumulate_hessians(model, self.consumers, inputs, o["batch_size"], o["strategy"], bar)
         self._hinv = {}
 
     def hinv(self, key):
@@ -441,7 +443,7 @@ class OBSPA:
     def scores(self, fallback: np.ndarray) -> np.ndarray:
         """A score per class: the group's relative OBS loss at the class' removal (greedy); groups
         that OBS cannot score take ``fallback``'s scores (normalised by their group mean)."""
-        from tqdm.auto import tqdm
+        from . import progress
 
         a = self.analysis
         out = np.full(a.n_classes, np.nan)
@@ -449,8 +451,7 @@ class OBSPA:
         for c in self.consumers:
             for cls in np.unique(c.row_cls):
                 by_class.setdefault(int(cls), []).append(c)
-        with tqdm(total=sum(g.size for g in a.groups), desc="OBSPA scores", unit="ch",
-                  disable=not self.verbose) as bar:
+        with progress(sum(g.size for g in a.groups), "OBSPA scores", "ch", self.verbose) as bar:
             for g in a.groups:
                 users = {id(c): c for cls in g.classes for c in by_class.get(int(cls), [])}
                 states = {}

@@ -76,7 +76,7 @@ def _bn_inputs(model):
     return out
 
 
-def synthetic_inputs(model, n: int, source: str = "bn", steps: int = 200, batch_size: int = 64,
+def synthetic_inputs(model, n: int, source: str, steps: int, batch_size: int = 64,
                      seed: int = 0, progress=None) -> list:
     """``n`` synthetic samples per model input (see the module docstring).
 
