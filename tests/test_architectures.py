@@ -45,9 +45,9 @@ def test_vit_prunes_heads_and_mlp_and_passes_the_oracle():
     assert "patch_embed" not in removed  # LayerNorm holds the residual stream by default
 
 
-def test_vit_residual_stream_with_prune_layer_norm():
+def test_vit_residual_stream_sliced():
     model = build_vit()
-    slim, plan = check_pruned(model, 0.5, prune_layer_norm=True, oracle=False)
+    slim, plan = check_pruned(model, 0.5, residual_stream="slice", oracle=False)
     assert slim.get_layer("patch_embed").kernel.shape == (4, 4, 3, 24)
     assert slim.get_layer("cls_token").cls.shape == (1, 1, 24)
     assert slim.get_layer("block2_ln2").gamma.shape == (24,)
