@@ -105,6 +105,17 @@ def _resolve_ratio_per_layer(view, analysis, ratio_per_layer) -> dict:
     return out
 
 
+def _stream_groups(view, analysis) -> set:
+    """The groups of the residual streams that normalisation layers read across (what ``hidden_ratio``
+    prunes); an error when there is none."""
+    groups = {analysis._group_of(node.inputs[0]) for node in view.graph.nodes if node.attrs.get("stream") == "pass"}
+    groups.discard(None)
+    if not groups:
+        raise InvalidArgumentError(f"hidden_ratio: model {view.graph.name!r} has no residual stream that a "
+                                   "normalisation layer reads across (or it is held: ignored_layers, an output)")
+    return groups
+
+
 def _scores(view, analysis, cfg: PruningConfig):
     from . import criteria
 
@@ -134,8 +145,11 @@ def _plan(model, cfg: PruningConfig, verbose):
     scores = _scores(view, analysis, cfg)
     if post is not None:
         scores = post.scores(analysis, scores)
+    group_ratios = _resolve_ratio_per_layer(view, analysis, cfg.ratio_per_layer)
+    if cfg.hidden_ratio is not None:
+        group_ratios.update({g: cfg.hidden_ratio for g in _stream_groups(view, analysis)})
     options = dict(global_pruning=cfg.global_pruning, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
-                   group_ratios=_resolve_ratio_per_layer(view, analysis, cfg.ratio_per_layer))
+                   group_ratios=group_ratios)
     if cfg.target_macs is not None or cfg.target_params is not None:
         counter, name = (count_macs, "target_macs") if cfg.target_macs is not None else (count_params, "target_params")
         base = counter(view.graph)

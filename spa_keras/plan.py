@@ -240,6 +240,11 @@ def select(analysis: Analysis, scores: np.ndarray, ratio: float, **options) -> P
     for ts in analysis.tie_sets:  # groups tied by count lose the same number (the fewest any asks for)
         k = min(counts[g] for g in ts)
         counts.update({g: k for g in ts})
+    for driver, follower, factor in analysis.links:  # the follower keeps one class per `factor` the driver keeps
+        n_d, n_f = analysis.groups[driver].size, analysis.groups[follower].size
+        kept = max(1, min(n_f, (n_d - counts[driver]) // factor))
+        counts[follower] = n_f - kept
+        counts[driver] = max(counts[driver], n_d - kept * factor)
     for g in analysis.groups:
         candidates = g.classes[scorable[g.classes]]
         order = candidates[np.argsort(scores[candidates], kind="stable")]

@@ -57,7 +57,7 @@ def new_config(kg, plan, backbone) -> tuple[dict, float]:
         ratio = old / new if old and new else 1.0
         eps = fam.config.get("epsilon") or BACKBONES.get(_qualified(backbone), {}).get("epsilon")
         if eps and ratio != 1.0 and fam.norm in ("rms", "rms1p"):
-            cfg[eps] = cfg[eps] / ratio  # the mean square over fewer channels: the same epsilon relative to it
+            cfg[eps] = cfg[eps] * ratio  # mean(x^2) over D' channels is D/D' times larger: so is epsilon
         if fam.derived_head_size:
             hd = blocks[0].outputs[-2]
             heads = cfg.get(fam.config["heads"])

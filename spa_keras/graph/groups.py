@@ -167,6 +167,20 @@ class Analysis:
                 self.untied.append(tensors)
             elif len(gids) > 1:
                 self.tie_sets.append(gids)
+        self.links = []  # (driver group, follower group, factor)
+        for driver, follower, factor in self.graph.count_links:
+            d, f = self._group_of(driver), self._group_of(follower)
+            if d is not None and f is not None:
+                self.links.append((d, f, factor))
+            elif d is not None or f is not None:
+                self.untied.append([driver, follower])  # one of them is held: hold both
+
+    def _group_of(self, tensor):
+        """The one group holding every prunable class of ``tensor`` (None when it has none)."""
+        cls = np.unique(self.class_of[self.layouts[tensor]])
+        cls = cls[cls != self.fixed_class]
+        g = np.unique(self.group_of_class[cls])
+        return int(g[0]) if len(g) == 1 else None
 
     def summary(self) -> str:
         lines = [f"{len(self.groups)} groups, {self.n_classes - 1} prunable channel classes"]

@@ -127,6 +127,16 @@ class KerasGraph(ModelView):
             n = len(self.specs[nodes[0].name].hidden)
             for i in range(1, n + 1):
                 self.graph.tie_counts([node.outputs[-i] for node in nodes])
+            for node in nodes:
+                if node.attrs.get("link"):  # heads follow the hidden width (hd channels a head)
+                    self.graph.link_counts(node.inputs[0], node.outputs[-4], node.attrs["link"])
+        if by_family:  # a layer of the model as wide as the stream is as wide as hidden_dim (BERT's pooler)
+            stream = next(iter(by_family.values()))[0].inputs[0]
+            width = self.graph.tensors[stream].channels
+            for node in self.graph.nodes:
+                if node.attrs.get("hold_output") and self.graph.tensors[node.outputs[0]].channels == width:
+                    node.attrs["hold_output"] = False
+                    self.graph.tie_counts([stream, node.outputs[0]])
 
     # ---- the frontend interface (spa_keras.frontends.base.ModelView) -------------------------------
     def weight(self, key) -> np.ndarray:

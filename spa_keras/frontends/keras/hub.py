@@ -141,10 +141,11 @@ def _block(call: Call) -> Spec:
     n = len(call.out_shapes)
     HEADS, KV, HD, MLP = (AxisRef("out", n + i) for i in range(4))
     passes = stream_passes(call, fam.norm)
-    if fam.derived_head_size:
-        heads = "hold"
-    else:
-        heads = "mha" if kv == h else ("gqa" if h % kv == 0 else "hold")
+    heads = "mha" if kv == h else ("gqa" if h % kv == 0 else "hold")
+    link = None
+    if fam.derived_head_size:  # hd = hidden_dim // heads: heads go only with hidden width, hd channels each
+        link = int(hd) * (int(kv) if heads == "gqa" else 1) if passes and heads != "hold" else None
+        heads = heads if link else "hold"
     q_axes = {0: HEADS, 1: IN, 2: HD} if fam.heads_first else {0: IN, 1: HEADS, 2: HD}
     kv_axes = {0: KV, 1: IN, 2: HD} if fam.heads_first else {0: IN, 1: KV, 2: HD}
     params = {a + fam.q + "/kernel": (q_axes, WEIGHT), a + fam.k + "/kernel": (kv_axes, WEIGHT),
@@ -184,7 +185,8 @@ def _block(call: Call) -> Spec:
     transform = _norm_rescale(fam.norm, tuple(f"{n}/{s}" for n in fam.norms for s in ("scale", "gamma")),
                               int(call.in_shapes[0][-1]))
     attrs = {"stream": "pass" if passes else "hold", "heads": heads, "groups": h // kv if kv else 1, "mlp": True,
-             "family": qualified(type(layer)), "norms": [n for n in fam.norms if any(k.startswith(n + "/") for k in w)]}
+             "family": qualified(type(layer)), "norms": [n for n in fam.norms if any(k.startswith(n + "/") for k in w)],
+             "norm": fam.norm, "link": link}
     return Spec("transformer", params, attrs, macs, resize,
                 hidden=[("heads", int(h)), ("kv_heads", int(kv)), ("head_dim", int(hd)), ("mlp", int(ff))],
                 transform=transform)
@@ -212,7 +214,7 @@ def _stream_norm(call: Call) -> Spec:
     if call.options.get("residual_stream", "hold") == "hold":
         return fixed(f"{type(call.layer).__name__} normalises across channels: the residual stream is held "
                      "(residual_stream='slice' or 'rotate' prunes it)")
-    spec = Spec("identity", {"scale": ({0: OUT}, WEIGHT, "norm_scale")})
+    spec = Spec("identity", {"scale": ({0: OUT}, WEIGHT, "norm_scale")}, {"stream": "pass", "norm": kind})
     if kind == "rms":  # Gemma's final norm is only sliced: its tied embedding's rescaling makes up for it
         spec.transform = _norm_rescale(kind, ("scale",), int(call.in_shapes[0][-1]))
     return spec

@@ -217,7 +217,7 @@ def _norm_across_channels(call: Call) -> Spec:
         and [a % rank for a in axes] == [rank - 1]
     ):
         params = {"gamma": ({0: OUT}, WEIGHT, "norm_scale"), "beta": ({0: OUT}, BIAS)}
-        return Spec("identity", params)
+        return Spec("identity", params, {"stream": "pass", "norm": "layer"})
     return fixed(
         f"{type(call.layer).__name__} normalises across channels: removing one changes the others "
         "(its stream is held fixed; residual_stream='slice' prunes LayerNorm streams approximately, 'rotate' "
