@@ -10,6 +10,8 @@ from __future__ import annotations
 import fnmatch
 import os
 
+import numpy as np
+
 from . import config as _config
 from .config import DATA, RECIPE, RUN, PruningConfig, check_names, resolve
 from .errors import InvalidArgumentError, OutputExistsError
@@ -134,8 +136,13 @@ def _plan(model, cfg: PruningConfig, verbose):
     """``(plan, post)``: the plan, and the post-training run that made it (None without an algorithm),
     which :func:`prune` asks to finish the written model."""
     view = read_model(model, cfg)
-    analysis = analyse(view.graph, fixed_nodes=_resolve_ignored(view, cfg.ignored_layers))
-    algorithm = cfg.algorithm or ("obspa" if cfg.calibration_data is not None else None)
+    fixed = _resolve_ignored(view, cfg.ignored_layers)
+    analysis = analyse(view.graph, fixed_nodes=fixed)
+    group_ratios, rotation = {}, None
+    if cfg.residual_stream == "rotate":
+        view, analysis, rotation = _rotated(view, analysis, cfg, verbose)
+        analysis = analyse(view.graph, fixed_nodes=fixed)
+    algorithm = cfg.algorithm or ("obspa" if cfg.calibration_data is not None and rotation is None else None)
     post = None
     if algorithm is not None:
         from .algorithms import PostTraining
@@ -146,7 +153,15 @@ def _plan(model, cfg: PruningConfig, verbose):
     if post is not None:
         scores = post.scores(analysis, scores)
     group_ratios = _resolve_ratio_per_layer(view, analysis, cfg.ratio_per_layer)
-    if cfg.hidden_ratio is not None:
+    if rotation is not None:  # the rotated stream keeps its first channels: the principal directions
+        (g,) = _stream_groups(view, analysis)
+        scores = scores.copy()
+        scores[analysis.groups[g].classes] = np.nan
+        lay = analysis.layouts[next(n.inputs[0] for n in view.graph.nodes if n.attrs.get("stream") == "pass")]
+        width = len(lay)
+        scores[analysis.class_of[lay]] = (width - np.arange(width)) / width
+        group_ratios[g] = (width - rotation.keep) / width
+    elif cfg.hidden_ratio is not None:
         group_ratios.update({g: cfg.hidden_ratio for g in _stream_groups(view, analysis)})
     options = dict(global_pruning=cfg.global_pruning, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
                    group_ratios=group_ratios)
@@ -160,9 +175,42 @@ def _plan(model, cfg: PruningConfig, verbose):
         result = select(analysis, scores, cfg.ratio, **options)
     criterion = cfg.criterion if isinstance(cfg.criterion, str) else getattr(cfg.criterion, "__name__", "custom")
     result.attach(view).record(criterion=criterion)
+    if rotation is not None:
+        result.record(residual_stream="rotate", rotation_exact=rotation.exact, hidden_kept=rotation.keep)
     if post is not None:
         post.finish(result)
     return result, post
+
+
+def _rotated(view, analysis, cfg: PruningConfig, verbose):
+    """``(view, analysis, rotation)`` of the model with its residual stream folded, centred and rotated
+    (:mod:`spa_keras.algorithms.rotate`), written at full width: a new model whose stream's first
+    channels are the ones to keep."""
+    import math
+
+    from .algorithms import inputs_for
+    from .algorithms.rotate import Rotation
+
+    if any(n.attrs.get("norm") == "post_layer" for n in view.graph.nodes):
+        raise InvalidArgumentError(
+            f"residual_stream='rotate': model {view.graph.name!r} normalises after the residual add (post-norm, "
+            "like BERT), so its stream cannot be rotated without changing what it computes; use "
+            "residual_stream='slice' (approximate) or 'hold'")
+    streams = _stream_groups(view, analysis)
+    if len(streams) != 1:
+        raise InvalidArgumentError(f"residual_stream='rotate': model {view.graph.name!r} has {len(streams)} residual "
+                                   "streams read by normalisation layers; rotation handles one")
+    (g,) = streams
+    width = analysis.groups[g].size
+    fraction = cfg.hidden_ratio if cfg.hidden_ratio is not None else cfg.ratio
+    keep = width - int(math.floor(fraction * width + 1e-9))
+    for driver, _, factor in analysis.links:  # the hidden width must stay a multiple of the head size
+        if driver == g:
+            keep = max(factor, keep // factor * factor)
+    inputs = inputs_for(view, cfg.calibration_data, cfg.calibration_samples, cfg.data_free, 0, verbose)
+    rotation = Rotation(view, analysis, g, inputs, max(1, keep))
+    rotated = apply(PruningPlan.empty(analysis, view).compensate(rotation.arrays))
+    return read_model(rotated, cfg), analysis, rotation
 
 
 def plan(model, config=None, **options) -> PruningPlan:

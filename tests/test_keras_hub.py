@@ -154,3 +154,66 @@ def test_an_unknown_block_class_is_held_and_named():
     text = str(spa.inspect(model))
     assert "opaque_block: unknown layer class Opaque" in text
     assert spa.plan(model, ratio=0.5).n_removed == 0  # its input and output stay whole
+
+
+# ---- the residual stream ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma"])
+def test_slicing_the_stream_of_an_rms_norm_model_is_exact_where_the_channels_are_zero(family):
+    model = build(family)
+    plan = spa.plan(model, ratio=0.5, residual_stream="slice", hidden_ratio=0.25)
+    slim = spa.apply(plan)
+    hidden = slim.backbone.get_config()["hidden_dim"]
+    assert hidden < 32 and (family != "llama" or hidden % 8 == 0)  # Llama: hidden_dim // heads stays the head size
+    v = verify(plan.source, plan, slim, inputs(family))  # norm scales x sqrt(D/D'), epsilon x D/D'
+    assert v["passed"] and v["max_abs_diff"] < 1e-4 * max(v["scale"], 1), v
+    assert slim.count_params() == count_params(plan.graph, plan)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_fold_and_rotate_with_nothing_dropped_keeps_the_logits(family):
+    model = build(family)
+    x, calib = inputs(family, n=8, seed=5), inputs(family, n=48, seed=7)
+    pruner = spa.Pruner(ratio=0.0, residual_stream="rotate", hidden_ratio=0.0, calibration_data=calib)
+    slim = pruner.prune(model)
+    assert pruner.last_plan.settings["rotation_exact"]
+    ref = np.asarray(model(x))
+    assert np.abs(np.asarray(slim(x)) - ref).max() < 1e-5 * max(1.0, np.abs(ref).max())
+    rotated = {v.path: v.numpy() for v in slim.weights}
+    assert not np.allclose(rotated["token_embedding/embeddings"], model.backbone.token_embedding.embeddings.numpy())
+
+
+def test_rotating_a_vit_with_nothing_dropped_keeps_its_outputs_and_then_drops_width():
+    from spa_keras.testing import build_vit
+
+    keras.utils.set_random_seed(0)
+    model = build_vit()
+    _perturb_norms(model)
+    rng = np.random.default_rng(0)
+    x, calib = rng.standard_normal((4, 32, 32, 3)).astype("float32"), rng.standard_normal((48, 32, 32, 3))
+    ref = np.asarray(model(x))
+    same = spa.prune(model, ratio=0.0, residual_stream="rotate", hidden_ratio=0.0, calibration_data=calib)
+    assert np.abs(np.asarray(same(x)) - ref).max() < 1e-5 * np.abs(ref).max()  # LayerNorm: centred, then rotated
+    slim = spa.prune(model, ratio=0.0, residual_stream="rotate", hidden_ratio=0.25, calibration_data=calib)
+    assert slim.get_layer("patch_embed").filters == 36 and slim.get_layer("final_ln").gamma.shape == (36,)
+
+
+def test_tied_embeddings_rotate_approximately_and_say_so():
+    model = build("gpt2")  # its output head is the token embedding, behind a final LayerNorm with a scale
+    pruner = spa.Pruner(ratio=0.0, residual_stream="rotate", hidden_ratio=0.25, calibration_data=inputs("gpt2", 32))
+    slim = pruner.prune(model)
+    assert pruner.last_plan.settings["rotation_exact"] is False
+    assert slim.backbone.get_config()["hidden_dim"] == 24 and slim.backbone.get_config()["num_heads"] == 3
+
+
+def test_bad_residual_stream_requests_are_clear_errors():
+    bert = build("bert")
+    with pytest.raises(spa.InvalidArgumentError, match="post-norm"):
+        spa.prune(bert, residual_stream="rotate", hidden_ratio=0.25, calibration_data=inputs("bert", 8))
+    with pytest.raises(spa.InvalidArgumentError, match="calibration_data"):
+        spa.prune(build("llama"), residual_stream="rotate", hidden_ratio=0.25)
+    with pytest.raises(spa.InvalidArgumentError, match="residual_stream"):
+        spa.PruningConfig(hidden_ratio=0.25)
+    with pytest.raises(spa.CalibrationDataError, match=r"keys \['token_ids'\].*padding_mask.*missing"):
+        spa.prune(build("llama"), algorithm="obspa", calibration_data={"token_ids": inputs("llama")["token_ids"]})

@@ -31,6 +31,13 @@ def calibration_inputs(model, data, n: int) -> list:
     try:
         batches = iterate_batches(data, batch_size=256, max_samples=n)
         for x, _ in batches:
+            if isinstance(x, dict):  # named inputs: every model input by its name, in the model's order
+                missing = [s.name for s in specs if s.name not in x]
+                if missing or len(x) != len(specs):
+                    raise CalibrationDataError(
+                        f"calibration data is a dict with keys {sorted(x)} but model {name!r} takes the inputs "
+                        f"{[s.name for s in specs]}" + (f": {missing} missing" if missing else ""))
+                x = [x[s.name] for s in specs]
             flat = keras.tree.flatten(x)
             if len(flat) != len(specs):
                 raise CalibrationDataError(

@@ -184,19 +184,23 @@ def _block(call: Call) -> Spec:
 
     transform = _norm_rescale(fam.norm, tuple(f"{n}/{s}" for n in fam.norms for s in ("scale", "gamma")),
                               int(call.in_shapes[0][-1]))
+    readers = [[a + fam.q + "/kernel", a + fam.k + "/kernel", a + fam.v + "/kernel"],
+               [name + "/kernel" for name in fam.mlp_in]]
     attrs = {"stream": "pass" if passes else "hold", "heads": heads, "groups": h // kv if kv else 1, "mlp": True,
-             "family": qualified(type(layer)), "norms": [n for n in fam.norms if any(k.startswith(n + "/") for k in w)],
-             "norm": fam.norm, "link": link}
+             "family": qualified(type(layer)), "norm": fam.norm, "link": link,
+             # which weights read the stream through which of the block's norms (rotation folds the norms into them)
+             "norm_readers": {n: r for n, r in zip(fam.norms, readers) if any(k.startswith(n + "/") for k in w)}}
     return Spec("transformer", params, attrs, macs, resize,
                 hidden=[("heads", int(h)), ("kv_heads", int(kv)), ("head_dim", int(hd)), ("mlp", int(ff))],
                 transform=transform)
 
 
 def _norm_rescale(kind: str, names: tuple, width: int):
-    """``transform(name, value, width)``: an RMS norm over fewer channels divides by a smaller root mean
-    square; its scale grows by ``sqrt(D / D')`` so that, where the removed channels were zero, the
-    normalised values are unchanged (``x * (1 + s)`` norms: ``1 + s`` grows)."""
-    if kind not in ("rms", "rms1p"):
+    """``transform(name, value, width)``: a norm over fewer channels divides by a smaller root mean
+    square; its scale grows by ``sqrt(D / D')`` so that, where the removed channels were zero (and, for
+    LayerNorm, the stream has zero mean), the normalised values are unchanged (``x * (1 + s)`` norms:
+    ``1 + s`` grows). A LayerNorm's offset stays."""
+    if kind not in ("rms", "rms1p", "layer", "post_layer"):
         return None
 
     def transform(name, value, w):

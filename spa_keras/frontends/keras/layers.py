@@ -217,7 +217,15 @@ def _norm_across_channels(call: Call) -> Spec:
         and [a % rank for a in axes] == [rank - 1]
     ):
         params = {"gamma": ({0: OUT}, WEIGHT, "norm_scale"), "beta": ({0: OUT}, BIAS)}
-        return Spec("identity", params, {"stream": "pass", "norm": "layer"})
+        width = int(call.in_shapes[0][-1])
+
+        def resize(cfg, w):  # the mean square over D' channels is D/D' times larger: so is epsilon
+            cfg["epsilon"] = cfg["epsilon"] * width / max(w(OUT), 1)
+
+        def transform(name, value, w):  # and the scale grows by sqrt(D/D') (exact on a centred stream)
+            return value * np.sqrt(width / max(w(OUT), 1)).astype(value.dtype) if name == "gamma" else value
+
+        return Spec("identity", params, {"stream": "pass", "norm": "layer"}, resize=resize, transform=transform)
     return fixed(
         f"{type(call.layer).__name__} normalises across channels: removing one changes the others "
         "(its stream is held fixed; residual_stream='slice' prunes LayerNorm streams approximately, 'rotate' "
