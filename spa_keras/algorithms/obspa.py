@@ -61,6 +61,11 @@ class Consumer:
     cin: int = 0  # "channels" mode: the channels one position of the input holds
 
     @property
+    def width(self) -> int:
+        """Features per row of the input (the constant 1 not counted)."""
+        return self.cin if self.mode == "channels" else self.dim - int(self.augmented)
+
+    @property
     def node(self):
         return self.view.node
 
@@ -100,6 +105,25 @@ def _flattened_channels(graph, node, cls, producer) -> int:
     return c
 
 
+def _row_classes(analysis, node, view):
+    """The class each input feature of ``view`` reads (flattened over ``row_axes``), or None when the
+    features cannot be read one class at a time."""
+    kernel = view.kernel
+    if view.row_axes is None:
+        axis = next(a for a, r in kernel.axes.items() if r.side == "in")
+        ref = kernel.axes[axis]
+        if ref.repeat != 1 or ref.block or ref.tile != 1 or ref.index != 0:
+            return None
+        return analysis.class_of[analysis.axis_elements(node, kernel, axis)]
+    fixed = analysis.fixed_class
+    grids = np.meshgrid(*[analysis.class_of[analysis.axis_elements(node, kernel, a)] for a in view.row_axes],
+                        indexing="ij")
+    prunable = [g for g in grids if np.any(g != fixed)]
+    if len(prunable) > 1:
+        return None  # two prunable axes in one feature (heads and head size both): not one class per row
+    return (prunable[0] if prunable else grids[0]).reshape(-1)
+
+
 def find_consumers(model, analysis, max_dim: int) -> list:
     """Every OBS-compensable consumer of a prunable channel: the layers the frontend shows as a
     :class:`~spa_keras.frontends.base.LinearView` (dense layers, convolutions with ``groups == 1``) whose
@@ -113,20 +137,13 @@ def find_consumers(model, analysis, max_dim: int) -> list:
         for t in node.outputs:
             producer[t] = node
     found: dict = {}
-    for node in graph.nodes:
-        view = model.linear(node)
-        if view is None:
-            continue
+    for node, view in ((n, v) for n in graph.nodes for v in model.linears(n)):
         kernel = view.kernel
         if kernel.key in found:
             found[kernel.key].views.append(view)
             continue
-        in_axis = next(a for a, r in kernel.axes.items() if r.side == "in")
-        ref = kernel.axes[in_axis]
-        if ref.repeat != 1 or ref.block or ref.tile != 1 or ref.index != 0:
-            continue
-        cls = analysis.class_of[analysis.axis_elements(node, kernel, in_axis)]
-        if np.all(cls == analysis.fixed_class):
+        cls = _row_classes(analysis, node, view)
+        if cls is None or np.all(cls == analysis.fixed_class):
             continue
         cin = 0
         if view.kind == "dense" and len(cls) <= max_dim:
@@ -165,23 +182,28 @@ def features(consumer: Consumer, view, x):
             x = tf.pad(x, [[0, 0], list(padding[0]), list(padding[1]), [0, 0]])
             padding = "valid"
         x = tf.image.extract_patches(x, [1, kh, kw, 1], [1, sh, sw, 1], [1, dh, dw, 1], padding.upper())
-    f = tf.reshape(x, (-1, consumer.cin if consumer.mode == "channels" else x.shape[-1]))
+    f = tf.reshape(x, (-1, consumer.width))
     if consumer.augmented:
         f = tf.concat([f, tf.ones_like(f[:, :1])], axis=1)
     return f
 
 
 def hessian_step(model, consumers):
-    """``step(x) -> [Σ xxᵀ per consumer]`` over one batch (traceable when the model's runner is)."""
+    """``step(x) -> [Σ xxᵀ per consumer]`` over one batch (traceable when the model's runner is). With a
+    ``padding_mask`` input, the padded positions of a sequence never enter a Hessian."""
     keep = {v.source for c in consumers for v in c.views}
+    mask_at = next((i for i, s in enumerate(model.input_specs()) if s.name == "padding_mask"), None)
 
     def step(x):
         values = model.run(x, keep=keep)
+        mask = None if mask_at is None else tf.reshape(tf.cast(x[mask_at], tf.float64), (-1, 1))
         out = []
         for c in consumers:
             total = 0.0
             for v in c.views:
                 f = features(c, v, values[v.source])
+                if mask is not None and v.per_token:
+                    f = f * mask
                 total = total + tf.matmul(f, f, transpose_a=True)
             out.append(total)
         return out

@@ -152,6 +152,11 @@ class KerasGraph(ModelView):
 
         return linear(self, node)
 
+    def linears(self, node):
+        from .view import linears
+
+        return linears(self, node)
+
     def batchnorm(self, node):
         from .view import batchnorm
 

@@ -189,7 +189,9 @@ def _block(call: Call) -> Spec:
     attrs = {"stream": "pass" if passes else "hold", "heads": heads, "groups": h // kv if kv else 1, "mlp": True,
              "family": qualified(type(layer)), "norm": fam.norm, "link": link,
              # which weights read the stream through which of the block's norms (rotation folds the norms into them)
-             "norm_readers": {n: r for n, r in zip(fam.norms, readers) if any(k.startswith(n + "/") for k in w)}}
+             "norm_readers": {n: r for n, r in zip(fam.norms, readers) if any(k.startswith(n + "/") for k in w)},
+             # the layers inside that read the heads and the MLP units: (sublayer, the axes of its kernel that do)
+             "probes": {"heads": (a + fam.o, (0, 1)), "mlp": (fam.mlp_out, (0,))}}
     return Spec("transformer", params, attrs, macs, resize,
                 hidden=[("heads", int(h)), ("kv_heads", int(kv)), ("head_dim", int(hd)), ("mlp", int(ff))],
                 transform=transform)
