@@ -217,3 +217,37 @@ def test_bad_residual_stream_requests_are_clear_errors():
         spa.PruningConfig(hidden_ratio=0.25)
     with pytest.raises(spa.CalibrationDataError, match=r"keys \['token_ids'\].*padding_mask.*missing"):
         spa.prune(build("llama"), algorithm="obspa", calibration_data={"token_ids": inputs("llama")["token_ids"]})
+
+
+# ---- OBSPA on transformers -------------------------------------------------------------------------------
+
+
+def test_obspa_compensates_the_projections_that_read_heads_and_mlp_units():
+    model = build("mistral")
+    x, calib = inputs("mistral", n=8, seed=5), inputs("mistral", n=64, seed=7)
+    ref = np.asarray(model(x))
+    err = {}
+    for update in ("none", "obs"):
+        pruner = spa.Pruner(ratio=0.5, algorithm="obspa", calibration_data=calib, algorithm_options={"update": update})
+        slim = pruner.prune(model, verbose=False)
+        plan = pruner.last_plan
+        err[update] = float(np.mean((np.asarray(slim(x)) - ref) ** 2))
+        assert verify(plan.source, plan, spa.apply(plan), x)["passed"]  # the oracle, compensation included
+    compensated = {k for k in plan.compensation}
+    kernels = {p.key: p.name for n in plan.graph.nodes for p in n.params}
+    names = {kernels[k] for k in compensated}
+    assert any(n.endswith("attention_output/kernel") for n in names) and any(n.endswith("output_dense/kernel")
+                                                                             for n in names)
+    assert err["obs"] < 0.5 * err["none"], err
+
+
+def test_padded_positions_never_enter_a_hessian():
+    model = build("gpt2")
+    calib = inputs("gpt2", n=32, seed=7)
+    calib["padding_mask"][:, 8:] = 0
+    other = {k: v.copy() for k, v in calib.items()}
+    other["token_ids"][:, 8:] = (other["token_ids"][:, 8:] + 17) % V  # different tokens where it is padded
+    plans = [spa.plan(model, ratio=0.5, calibration_data=c, verbose=False) for c in (calib, other)]
+    assert np.array_equal(plans[0].removed_classes, plans[1].removed_classes)
+    for k, v in plans[0].compensation.items():
+        np.testing.assert_allclose(v, plans[1].compensation[k], rtol=1e-5, atol=1e-7)

@@ -47,6 +47,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from ..errors import InvalidArgumentError
+
+#: how the weights that stay change: the Optimal Brain Surgeon update, only the bias (FLAP), or not at all
+UPDATES = ("obs", "bias", "none")
+
 
 @dataclass
 class Consumer:
@@ -440,8 +445,10 @@ class OBSPA:
         from . import check, progress
 
         o = check("obspa", options)
+        if o["update"] not in UPDATES:
+            raise InvalidArgumentError(f"algorithm_options['update'] must be one of {UPDATES}, got {o['update']!r}")
         self.model, self.analysis, self.verbose = model, analysis, verbose
-        self.damp, self.blocks = o["damp"], o["blocks"]
+        self.damp, self.blocks, self.update = o["damp"], o["blocks"], o["update"]
         self.consumers = find_consumers(model, analysis, o["max_dim"])
         n = len(inputs[0])
         with progress(int(math.ceil(n / o["batch_size"])), "OBSPA Hessians", "batch", verbose) as bar:
@@ -480,7 +487,11 @@ class OBSPA:
                 for c in users.values():
                     w = tf.constant(self._matrix(c), tf.float64)
                     states[c.key] = (w, self.hinv(c.key), self.hessians[c.key])
-                s = group_scores(g, list(users.values()), states, bar, self.blocks) if users else None
+                if self.update == "obs":
+                    s = group_scores(g, list(users.values()), states, bar, self.blocks) if users else None
+                else:
+                    s = self._direct_scores(g, list(users.values()))
+                    bar.update(g.size)
                 if s is None:
                     f = np.asarray(fallback, np.float64)[g.classes]
                     s = f / (np.nanmean(f) + 1e-12) if np.isfinite(f).any() else f
@@ -488,17 +499,54 @@ class OBSPA:
                 out[g.classes] = s
         return out
 
+    def _direct_scores(self, group, consumers):
+        """``update="none"`` (activation-weighted magnitude, Wanda-sp style): a class's loss is what its
+        rows carried, ``tr(W_Pᵀ H_PP W_P)``; ``update="bias"`` (FLAP style): what they carried beyond
+        their mean, ``tr(W_Pᵀ (H_PP − h_P h_Pᵀ / n) W_P)``, the mean going into the bias. Relative to the
+        consumers' output energy, like OBS scores; None when some class has no consumer."""
+        classes = group.classes
+        loss = np.zeros(len(classes))
+        covered = np.zeros(len(classes), bool)
+        energy = 0.0
+        for c in consumers:
+            found = _rows_by_class(c.row_cls, classes)
+            if found is None:
+                continue
+            present, rows = found
+            w, h = self._matrix(c), self.hessians[c.key]
+            energy += float(np.sum(w * (h @ w)))
+            idx = np.searchsorted(classes, present) if np.all(np.diff(classes) > 0) else \
+                np.array([int(np.nonzero(classes == p)[0][0]) for p in present])
+            for i, r in zip(idx, rows):
+                hpp = h[np.ix_(r, r)]
+                if self.update == "bias" and c.augmented:
+                    hb = h[r, -1]
+                    hpp = hpp - np.outer(hb, hb) / max(h[-1, -1], 1e-30)
+                loss[i] += float(np.sum(w[r] * (hpp @ w[r])))
+                covered[i] = True
+        if not covered.all():
+            return None
+        return loss / max(energy, 1e-30)
+
     def compensation(self, plan) -> dict:
         """``{parameter key: full-width array}``: the consumers' kernels (and biases, or following
-        BatchNorm means) re-fitted for the plan's removals (:meth:`PruningPlan.compensate` takes it)."""
+        BatchNorm means) re-fitted for the plan's removals (:meth:`PruningPlan.compensate` takes it).
+        ``update="bias"`` moves only the removed features' mean into the bias; ``"none"`` changes
+        nothing."""
         new = {}
         removed = plan.removed_classes
         for c in self.consumers:
             rows = np.nonzero(removed[c.row_cls])[0]
-            if not len(rows):
+            if not len(rows) or self.update == "none" or (self.update == "bias" and not c.augmented):
                 continue
             kernel, bias = self._kernel(c), self._bias(c)
-            w = compensate(matrix(c, kernel, bias), self.hinv(c.key), rows)
+            if self.update == "bias":
+                w = matrix(c, kernel, bias)
+                h = self.hessians[c.key]
+                w[-1] += (h[rows, -1] / max(h[-1, -1], 1e-30)) @ w[rows]  # the removed features' mean, times W
+                w[rows] = 0
+            else:
+                w = compensate(matrix(c, kernel, bias), self.hinv(c.key), rows)
             k, delta = unmatrix(c, w, kernel, bias)
             new[c.key] = c.view.native(k)
             if delta is not None:
