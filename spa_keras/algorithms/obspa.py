@@ -276,7 +276,7 @@ def unmatrix(consumer: Consumer, w: np.ndarray, kernel: np.ndarray, bias):
         if consumer.mode == "channels":
             delta = last.reshape(-1, cout).sum(axis=0)
         else:
-            delta = last - (0 if bias is None else bias)
+            delta = last - (0 if bias is None else bias.reshape(-1))
     if consumer.mode == "channels":
         cin = consumer.cin
         k = w.reshape(cin, -1, cout).transpose(1, 0, 2).reshape(kernel.shape)
@@ -551,7 +551,7 @@ class OBSPA:
             new[c.key] = c.view.native(k)
             if delta is not None:
                 if c.bias is not None:
-                    new[c.bias.key] = (bias + delta).astype(bias.dtype)
+                    new[c.bias.key] = (bias + delta.reshape(bias.shape)).astype(bias.dtype)
                 elif c.bn_mean is not None:
                     mean = self.model.weight(c.bn_mean.key)
                     new[c.bn_mean.key] = (mean - delta).astype(mean.dtype)

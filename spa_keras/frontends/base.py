@@ -59,16 +59,24 @@ class LinearView:
     row_axes: tuple | None = None
     per_token: bool = False
 
+    def _row_perm(self):
+        rows = tuple(self.row_axes)
+        return rows + tuple(a for a in range(len(self.kernel.shape)) if a not in rows)
+
     def canonical(self, kernel: np.ndarray) -> np.ndarray:
-        """The kernel in the canonical layout."""
-        if self.row_axes is not None and len(self.row_axes) > 1:
-            return kernel.reshape(-1, kernel.shape[-1])
+        """The kernel in the canonical layout (with ``row_axes``: those axes flattened into rows, the
+        others into columns)."""
+        if self.row_axes is not None:
+            perm = self._row_perm()
+            n = int(np.prod([kernel.shape[a] for a in self.row_axes]))
+            return np.transpose(kernel, perm).reshape(n, -1)
         return kernel if self.kernel_perm is None else np.transpose(kernel, self.kernel_perm)
 
     def native(self, kernel: np.ndarray) -> np.ndarray:
         """A canonical kernel back in the layer's own layout."""
-        if self.row_axes is not None and len(self.row_axes) > 1:
-            return kernel.reshape(self.kernel.shape)
+        if self.row_axes is not None:
+            perm = self._row_perm()
+            return np.transpose(kernel.reshape([self.kernel.shape[a] for a in perm]), np.argsort(perm))
         return kernel if self.kernel_perm is None else np.transpose(kernel, np.argsort(self.kernel_perm))
 
 

@@ -190,8 +190,10 @@ def _block(call: Call) -> Spec:
              "family": qualified(type(layer)), "norm": fam.norm, "link": link,
              # which weights read the stream through which of the block's norms (rotation folds the norms into them)
              "norm_readers": {n: r for n, r in zip(fam.norms, readers) if any(k.startswith(n + "/") for k in w)},
-             # the layers inside that read the heads and the MLP units: (sublayer, the axes of its kernel that do)
-             "probes": {"heads": (a + fam.o, (0, 1)), "mlp": (fam.mlp_out, (0,))}}
+             # the layers inside that read heads, MLP units or the (normalised) stream: (sublayer, its reading axes)
+             "probes": {"heads": (a + fam.o, (0, 1)), "mlp": (fam.mlp_out, (0,)),
+                        **{k[: -len("/kernel")]: (k[: -len("/kernel")], (1 if fam.heads_first and k in readers[0] else 0,))
+                           for k in readers[0] + readers[1]}}}
     return Spec("transformer", params, attrs, macs, resize,
                 hidden=[("heads", int(h)), ("kv_heads", int(kv)), ("head_dim", int(hd)), ("mlp", int(ff))],
                 transform=transform)
@@ -209,7 +211,7 @@ def _norm_rescale(kind: str, names: tuple, width: int):
         if name not in names:
             return value
         factor = np.sqrt(width / max(w(IN), 1)).astype(value.dtype)
-        return value * factor if kind == "rms" else (1 + value) * factor - 1
+        return (1 + value) * factor - 1 if kind == "rms1p" else value * factor
 
     return transform
 
