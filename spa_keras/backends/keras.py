@@ -14,16 +14,8 @@ import keras
 import numpy as np
 
 from ..errors import RebuildError
-from ..frontends.keras import (
-    KerasGraph,
-    fill_in,
-    functional_of,
-    is_model,
-    pack_inputs,
-    pack_outputs,
-    param_name,
-    topological_nodes,
-)
+from ..frontends import keras as fk
+from ..frontends.keras import KerasGraph
 from ..plan import PruningPlan
 from .oracle import compare
 
@@ -62,7 +54,7 @@ class _Rebuilder:
     def layer(self, layer):
         if id(layer) in self.new_ops:
             return self.new_ops[id(layer)]
-        if is_model(layer):
+        if fk.is_model(layer):
             new = self.model(layer, self.kg.model_inputs.get(id(layer)))
         else:
             node = self.kg.layer_nodes.get(id(layer))
@@ -85,21 +77,21 @@ class _Rebuilder:
 
     # ---- models ----------------------------------------------------------------------------------
     def model(self, model, input_ids):
-        fmodel = functional_of(model)
+        fmodel = fk.functional_of(model)
         widths = [self.plan.width(t) for t in input_ids] if input_ids else [None] * len(fmodel.inputs)
         inputs = [_new_input(x, w) for x, w in zip(fmodel.inputs, widths)]
         if isinstance(model, keras.Sequential):
             layers = [self.layer(layer) for layer in model.layers]
             return keras.Sequential([inputs[0]] + layers, name=model.name)
         outputs = self.replay(fmodel, inputs)
-        return keras.Model(pack_inputs(fmodel, inputs), pack_outputs(fmodel, outputs), name=model.name)
+        return keras.Model(fk.pack_inputs(fmodel, inputs), fk.pack_outputs(fmodel, outputs), name=model.name)
 
     def replay(self, fmodel, inputs):
         tmap = {id(x): y for x, y in zip(fmodel.inputs, inputs)}
-        for knode in topological_nodes(fmodel):
+        for knode in fk.topological_nodes(fmodel):
             op = knode.operation
             new_op = self.layer(op) if isinstance(op, keras.layers.Layer) else op
-            args, kwargs = fill_in(knode, tmap)
+            args, kwargs = fk.fill_in(knode, tmap)
             try:
                 out = new_op(*args, **kwargs)
             except Exception as e:  # noqa: BLE001
@@ -128,7 +120,7 @@ class _Rebuilder:
                     for axis, idx in self.plan.keep_indices(node, p).items():
                         value = np.take(value, idx, axis=axis)
                     if spec.transform is not None:
-                        value = spec.transform(param_name(spec, v_old), value, self.width_fn(node))
+                        value = spec.transform(fk.param_name(spec, v_old), value, self.width_fn(node))
                 if tuple(value.shape) != tuple(v_new.shape):
                     raise RebuildError(
                         f"layer {old.name!r} ({type(old).__name__}): weight {v_old.name} sliced to "

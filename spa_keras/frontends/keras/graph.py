@@ -2,10 +2,8 @@
 
 :func:`from_keras` walks a Functional or Sequential model (nested models inlined, shared layers and
 non-Layer ``keras.ops`` nodes included) and describes every call as a :class:`~spa_keras.graph.Node`,
-asking the registry (:mod:`.registry`, :mod:`.layers`, :mod:`.ops`) what each call means for channels.
-
-Keras' private graph attributes (``_nodes_by_depth``, ``node.arguments``, ``_inputs_struct``) are read
-here and only here.
+asking the registry (:mod:`.registry`, :mod:`.layers`, :mod:`.ops`, :mod:`.hub`) what each call means
+for channels. Keras' private graph attributes are read in :mod:`.walk` only.
 """
 
 from __future__ import annotations
@@ -17,56 +15,11 @@ from ...errors import UnsupportedModelError
 from ...graph import STAT, Graph, Node, Param
 from ..base import ModelView
 from ..spec import Spec, check_finite, fixed
-from .ops import describe_op
+from . import gradients, runner, view
 from .hub import hold_in_hub
+from .ops import describe_op
 from .registry import Call, lookup
-
-def functional_of(model):
-    """The Functional graph behind a Functional or Sequential model."""
-    if isinstance(model, keras.Sequential):
-        fn = getattr(model, "_functional", None)
-        if fn is None:
-            raise UnsupportedModelError(
-                f"Sequential model {model.name!r} is not built: give its first layer an input shape "
-                "(keras.Input(shape=...)) or call model.build(input_shape) first"
-            )
-        return fn
-    if isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth") and model._nodes_by_depth:
-        return model
-    raise UnsupportedModelError(
-        f"{type(model).__name__} {getattr(model, 'name', '')!r} is a subclassed model without a "
-        "functional graph: build it with the Functional API (keras.Model(inputs, outputs)) or as a "
-        "keras.Sequential, so that spa_keras can see how its layers connect; a custom layer inside such "
-        "a model is described to spa_keras with spa.register_layer"
-    )
-
-
-def is_model(op) -> bool:
-    return isinstance(op, keras.Model)
-
-
-def topological_nodes(fmodel):
-    """The Keras nodes of a Functional model in execution order (input nodes left out)."""
-    for depth in sorted(fmodel._nodes_by_depth, reverse=True):
-        for node in fmodel._nodes_by_depth[depth]:
-            if node.operation is not None and not node.is_input:
-                yield node
-
-
-def fill_in(node, tensor_map):
-    """The positional and keyword arguments of a Keras node with its tensors replaced."""
-    return node.arguments.fill_in(tensor_map)
-
-
-def pack_inputs(fmodel, flat):
-    """``flat`` tensors in the structure (list, dict, single) of a Functional model's inputs."""
-    return keras.tree.pack_sequence_as(fmodel._inputs_struct, flat)
-
-
-def pack_outputs(fmodel, flat):
-    """``flat`` tensors in the structure of a Functional model's outputs."""
-    return keras.tree.pack_sequence_as(fmodel._outputs_struct, flat)
-
+from .walk import functional_of, is_model, topological_nodes
 
 def _shape(t):
     return tuple(t.shape[1:])
@@ -138,35 +91,17 @@ class KerasGraph(ModelView):
                     node.attrs["hold_output"] = False
                     self.graph.tie_counts([stream, node.outputs[0]])
 
-    # ---- the frontend interface (spa_keras.frontends.base.ModelView) -------------------------------
+    # ---- the frontend interface (spa_keras.frontends.base.ModelView): the view, runner and gradients modules
+    input_specs = view.input_specs
+    linear = view.linear
+    linears = view.linears
+    batchnorm = view.batchnorm
+    copy = view.copy
+    run = runner.run
+    gradient_stats = gradients.gradient_stats
+
     def weight(self, key) -> np.ndarray:
         return np.asarray(self.variables[key].numpy())
-
-    def input_specs(self) -> list:
-        from .view import input_specs
-
-        return input_specs(self)
-
-    def linear(self, node):
-        from .view import linear
-
-        return linear(self, node)
-
-    def linears(self, node):
-        from .view import linears
-
-        return linears(self, node)
-
-    def batchnorm(self, node):
-        from .view import batchnorm
-
-        return batchnorm(self, node)
-
-    def run(self, inputs, keep=None, training: bool = False) -> dict:
-        """See :func:`spa_keras.frontends.keras.runner.run`."""
-        from .runner import run
-
-        return run(self, inputs, keep, training)
 
     def variable(self, key):
         return self.variables[key]
@@ -176,16 +111,6 @@ class KerasGraph(ModelView):
 
     def assign(self, key, value) -> None:
         self.variables[key].assign(value)
-
-    def copy(self) -> "KerasGraph":
-        from .view import copy
-
-        return copy(self)
-
-    def gradient_stats(self, data, loss=None):
-        from .gradients import gradient_stats
-
-        return gradient_stats(self, data, loss)
 
     # ---- reading the model ---------------------------------------------------------------------------
 

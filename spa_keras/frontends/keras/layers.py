@@ -15,101 +15,71 @@ L = keras.layers
 # ---- producers -----------------------------------------------------------------------------------
 
 
+CHANNELS_FIRST = "channels_first layout is not supported; use channels_last"
+
+
+def _resize_filters(cfg, w):
+    cfg["filters"] = w(OUT)
+
+
+def _geometry(layer):
+    """``(rank, kernel offsets)`` of a convolution."""
+    return len(layer.kernel_size), int(np.prod(layer.kernel_size))
+
+
+def _bias_out():
+    return {"bias": ({0: OUT}, BIAS)}
+
+
 @register(L.Conv1D, L.Conv2D, L.Conv3D)
 def _conv(call: Call) -> Spec:
     layer = call.layer
     if _channels_first(layer):
-        return fixed("channels_first layout is not supported; use channels_last")
-    rank = len(layer.kernel_size)
+        return fixed(CHANNELS_FIRST)
+    rank, ks = _geometry(layer)
     cin, cout = call.in_shapes[0][-1], layer.filters
     g = int(getattr(layer, "groups", 1) or 1)
-    ks = int(np.prod(layer.kernel_size))
-    k_in, k_out = rank, rank + 1
     if g > 1 and g == cin:  # depthwise written as a grouped conv: input c feeds outputs c*m..c*m+m-1
 
         def resize(cfg, w):
             cfg["filters"] = w(OUT)
             cfg["groups"] = w(IN)
 
-        return Spec(
-            "depthwise",
-            {"kernel": ({k_out: OUT}, WEIGHT), "bias": ({0: OUT}, BIAS)},
-            {"multiplier": cout // cin},
-            [(call.out_spatial * ks, [OUT])],
-            resize,
-        )
-
-    def resize(cfg, w):
-        cfg["filters"] = w(OUT)
-
+        return Spec("depthwise", {"kernel": ({rank + 1: OUT}, WEIGHT), **_bias_out()}, {"multiplier": cout // cin},
+                    [(call.out_spatial * ks, [OUT])], resize)
     k_in_ref = AxisRef("in", 0, block=True) if g > 1 else IN
-    return Spec(
-        "linear",
-        {"kernel": ({k_in: k_in_ref, k_out: OUT}, WEIGHT), "bias": ({0: OUT}, BIAS)},
-        {"groups": g},
-        [(call.out_spatial * ks / g, [IN, OUT])],
-        resize,
-    )
+    return Spec("linear", {"kernel": ({rank: k_in_ref, rank + 1: OUT}, WEIGHT), **_bias_out()}, {"groups": g},
+                [(call.out_spatial * ks / g, [IN, OUT])], _resize_filters)
 
 
 @register(L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
 def _conv_transpose(call: Call) -> Spec:
-    layer = call.layer
-    if _channels_first(layer):
-        return fixed("channels_first layout is not supported; use channels_last")
-    rank = len(layer.kernel_size)
-    ks = int(np.prod(layer.kernel_size))
-
-    def resize(cfg, w):
-        cfg["filters"] = w(OUT)
-
-    return Spec(
-        "linear",
-        {"kernel": ({rank: OUT, rank + 1: IN}, WEIGHT), "bias": ({0: OUT}, BIAS)},
-        {},
-        [(call.in_spatial * ks, [IN, OUT])],
-        resize,
-    )
+    if _channels_first(call.layer):
+        return fixed(CHANNELS_FIRST)
+    rank, ks = _geometry(call.layer)
+    return Spec("linear", {"kernel": ({rank: OUT, rank + 1: IN}, WEIGHT), **_bias_out()}, {},
+                [(call.in_spatial * ks, [IN, OUT])], _resize_filters)
 
 
 @register(L.DepthwiseConv1D, L.DepthwiseConv2D)
 def _depthwise(call: Call) -> Spec:
-    layer = call.layer
-    if _channels_first(layer):
-        return fixed("channels_first layout is not supported; use channels_last")
-    rank = len(layer.kernel_size)
-    ks = int(np.prod(layer.kernel_size))
-    return Spec(
-        "depthwise",
-        {"kernel": ({rank: IN}, WEIGHT), "bias": ({0: OUT}, BIAS)},
-        {"multiplier": int(layer.depth_multiplier)},
-        [(call.out_spatial * ks, [OUT])],
-    )
+    if _channels_first(call.layer):
+        return fixed(CHANNELS_FIRST)
+    rank, ks = _geometry(call.layer)
+    return Spec("depthwise", {"kernel": ({rank: IN}, WEIGHT), **_bias_out()},
+                {"multiplier": int(call.layer.depth_multiplier)}, [(call.out_spatial * ks, [OUT])])
 
 
 @register(L.SeparableConv1D, L.SeparableConv2D)
 def _separable(call: Call) -> Spec:
-    layer = call.layer
-    if _channels_first(layer):
-        return fixed("channels_first layout is not supported; use channels_last")
-    rank = len(layer.kernel_size)
-    m = int(layer.depth_multiplier)
-    ks = int(np.prod(layer.kernel_size))
-
-    def resize(cfg, w):
-        cfg["filters"] = w(OUT)
-
-    return Spec(
-        "linear",
-        {
-            "depthwise_kernel": ({rank: IN}, WEIGHT),
-            "pointwise_kernel": ({rank: AxisRef("in", 0, repeat=m), rank + 1: OUT}, WEIGHT),
-            "bias": ({0: OUT}, BIAS),
-        },
-        {},
-        [(call.out_spatial * ks * m, [IN]), (call.out_spatial * m, [IN, OUT])],
-        resize,
-    )
+    if _channels_first(call.layer):
+        return fixed(CHANNELS_FIRST)
+    rank, ks = _geometry(call.layer)
+    m = int(call.layer.depth_multiplier)
+    params = {"depthwise_kernel": ({rank: IN}, WEIGHT),
+              "pointwise_kernel": ({rank: AxisRef("in", 0, repeat=m), rank + 1: OUT}, WEIGHT), **_bias_out()}
+    return Spec("linear", params, {}, [(call.out_spatial * ks * m, [IN]), (call.out_spatial * m, [IN, OUT])],
+                _resize_filters)
 
 
 @register(L.Dense)
@@ -298,7 +268,7 @@ for _cls in (
 
     def _channelwise(call: Call, _name=_cls.__name__) -> Spec:
         if _channels_first(call.layer):
-            return fixed("channels_first layout is not supported; use channels_last")
+            return fixed(CHANNELS_FIRST)
         return identity()
 
     register(_cls)(_channelwise)

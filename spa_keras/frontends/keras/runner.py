@@ -7,7 +7,7 @@ import contextlib
 import keras
 
 from ...errors import InvalidArgumentError
-from .graph import fill_in, functional_of, is_model, topological_nodes
+from .walk import fill_in, functional_of, is_model, topological_nodes
 
 
 def run(kg, inputs, keep=None, training: bool = False) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 
 from ..base import BatchNormView, InputSpec, LinearView
-from .graph import functional_of
+from .walk import functional_of
 
 L = keras.layers
 

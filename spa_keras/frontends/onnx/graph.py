@@ -21,6 +21,7 @@ from ...errors import InvalidArgumentError, ModelFileError, UnsupportedModelErro
 from ...graph import STAT, Graph, Node, Param
 from ..base import ModelView
 from ..spec import Spec, check_finite
+from . import view
 from .ops import NCHW_OPS, SHAPE_OPS, OnnxCall, attr, describe
 
 def _without_constant_identities(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -124,32 +125,14 @@ class OnnxGraph(ModelView):
         self.tid[name] = tid
         return tid
 
-    # ---- the frontend interface (spa_keras.frontends.base.ModelView) -------------------------------
+    # ---- the frontend interface (spa_keras.frontends.base.ModelView): the view module
+    input_specs = view.input_specs
+    linear = view.linear
+    batchnorm = view.batchnorm
+    run = view.run
+
     def weight(self, key) -> np.ndarray:
         return self.arrays[key]
-
-    def input_specs(self) -> list:
-        from .view import input_specs
-
-        return input_specs(self)
-
-    def linear(self, node):
-        from .view import linear
-
-        return linear(self, node)
-
-    def batchnorm(self, node):
-        from .view import batchnorm
-
-        return batchnorm(self, node)
-
-    def run(self, inputs, keep=None, training: bool = False) -> dict:
-        """``{graph tensor id: NumPy array}`` from onnxruntime (see :class:`.view.Runner`)."""
-        from .view import Runner
-
-        if self._runner is None:
-            self._runner = Runner(self)
-        return self._runner(inputs, keep, training)
 
     # ---- nodes ---------------------------------------------------------------------------------------
     def _add(self, node, index):

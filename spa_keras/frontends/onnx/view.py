@@ -132,3 +132,10 @@ class Runner:
             parts.append([o[: step - short] for o in out])
         values = {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(names)}
         return {t: values[og.graph.tensors[t].name] for t in tids}
+
+
+def run(og, inputs, keep=None, training: bool = False) -> dict:
+    """``{graph tensor id: NumPy array}`` from onnxruntime (see :class:`Runner`; one per model)."""
+    if og._runner is None:
+        og._runner = Runner(og)
+    return og._runner(inputs, keep, training)
