@@ -13,6 +13,7 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from spa_keras.data_pruning import cli as data_pruning_cli  # noqa: E402 - no TensorFlow at import time
 
 MODEL_HELP = "a .keras, .h5 or .onnx file"
 CRITERIA_HELP = "l2 (default), l1, lamp, bn_scale, fpgm, random; with --data: taylor, hessian, snip"
@@ -100,6 +101,7 @@ def _parser():
     d.add_argument("--report", metavar="PATH", help="also write the report (.txt, .json, .png) here")
     d.add_argument("--force", action="store_true", help="overwrite report files")
     _add_pruning_options(d)
+    data_pruning_cli.add_parser(sub)
     return p
 
 
@@ -422,7 +424,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"inspect": cmd_inspect, "prune": cmd_prune, "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo}
+COMMANDS = {"inspect": cmd_inspect, "prune": cmd_prune, "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo, "prune-data": data_pruning_cli.run}
 
 
 def main(argv=None) -> int:

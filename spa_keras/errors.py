@@ -48,3 +48,8 @@ class OutputExistsError(InvalidArgumentError, FileExistsError):
 class RebuildError(PruningError, RuntimeError):
     """The slim model could not be written (a layer could not be re-created from its config, or a
     sliced weight does not fit the rebuilt layer)."""
+
+
+class MissingDependencyError(PruningError, ImportError):
+    """An optional package that a feature needs is not installed; the message names it and the
+    ``pip install`` command that adds it."""
