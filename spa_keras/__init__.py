@@ -18,6 +18,7 @@ from .graph import AxisRef
 from .errors import (
     CalibrationDataError,
     InvalidArgumentError,
+    MissingDependencyError,
     ModelFileError,
     NonFiniteWeightsError,
     OutputExistsError,
@@ -35,5 +36,5 @@ __all__ = [
     "disable_model_prune", "PruningPlan", "Report", "register_layer", "LayerSpec",
     "AxisRef", "callbacks", "PruningCallback", "GroupSparsity", "strip", "finetune", "from_onnx", "to_onnx", "export_for_serving", "datasets",
     "PruningError", "InvalidArgumentError", "RebuildError", "UnsupportedModelError", "CalibrationDataError",
-    "ModelFileError", "NonFiniteWeightsError", "OutputExistsError",
+    "ModelFileError", "NonFiniteWeightsError", "OutputExistsError", "MissingDependencyError",
 ]

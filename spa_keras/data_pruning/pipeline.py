@@ -45,10 +45,23 @@ def _train(build_model, data, indices, epochs, batch_size, seed, strategy, every
     keras.utils.set_random_seed(seed)
     with _strategy(strategy).scope():
         model = check_model(build_model())
+    _check_labels_fit(model, data.y)
     watched = data if indices is None else _Subset(data, indices)
     recorder = ScoreRecorder(watched, every_steps=every_steps)
     model.fit(**data.fit_kwargs(indices, batch_size, seed), epochs=epochs, callbacks=[recorder], verbose=verbose)
     return model, recorder
+
+
+def _check_labels_fit(model, y):
+    """Refuse, before training, labels beyond the model's classes (TensorFlow's own error is deep and late)."""
+    try:
+        width = model.outputs[0].shape[-1]
+    except (AttributeError, IndexError, ValueError):
+        return
+    classes = 2 if width == 1 else width
+    if classes and y.max() >= classes:
+        raise InvalidArgumentError(f"labels go up to {int(y.max())} but the model predicts {classes} classes: the "
+                                   "labels do not match the model's output")
 
 
 class _Subset:
@@ -130,7 +143,7 @@ def _subset_indices(subset, data, seed, stratify=True):
 
 def extrapolated_scores(build_model, x, y=None, score="dynamic_uncertainty", *, subset=0.1, method: str = "knn",
                         epochs: int = 10, batch_size: int = 256, seed: int = 0, k: int = 10, layer=None,
-                        step_fraction: float | None = 0.5, same_label: bool = True, temperature: float = 1.0,
+                        step_fraction: float | None = 0.25, same_label: bool = True, temperature: float = 1.0,
                         strategy=None, window: int | None = None, decay: float = formulas.PAPER_DECAY,
                         gnn_options: dict | None = None, return_details: bool = False, verbose: int = 0):
     """Scores of every sample from a run on a small subset, extrapolated (Schmidt et al., "Effective Data
@@ -147,7 +160,7 @@ def extrapolated_scores(build_model, x, y=None, score="dynamic_uncertainty", *, 
     ``docs/data_pruning.md``): trained for the same ``epochs`` as a full run, a 10% subset model takes a
     tenth of the optimisation steps and its scores describe an earlier stage of training than the full
     run's (on Fashion-MNIST they anti-correlate with the full scores). With ``step_fraction=f`` (the
-    default 0.5) the subset model trains for ``f`` times the full run's steps (``f · epochs · n / m``
+    default 0.25) the subset model trains for ``f`` times the full run's steps (``f · epochs · n / m``
     subset epochs), recording ``epochs`` times at evenly spaced steps: the windows of the scores then
     cover matching stretches of training. ``step_fraction=None`` trains ``epochs`` subset epochs, as in
     the paper.
