@@ -33,7 +33,7 @@ def nearest_neighbors(points, queries, k: int, *, exact_limit: int = EXACT_LIMIT
     >>> import numpy as np
     >>> from spa_keras.data_pruning import nearest_neighbors
     >>> d, i = nearest_neighbors(np.array([[0.0], [1.0], [5.0]]), np.array([[0.9], [4.0]]), k=2)
-    >>> i.tolist(), d.round(2).tolist()
+    >>> i.tolist(), d.astype(float).round(2).tolist()
     ([[1, 0], [2, 1]], [[0.1, 0.9], [1.0, 3.0]])
     """
     faiss = _faiss()
