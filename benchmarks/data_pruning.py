@@ -29,6 +29,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -36,7 +37,7 @@ from keras import layers as L  # noqa: E402
 
 from spa_keras import data_pruning as dp  # noqa: E402
 from spa_keras.datasets import load_fashion_mnist  # noqa: E402
-from spa_keras.io import atomic_write  # noqa: E402
+from post_training import write_json  # noqa: E402 - benchmarks/ is on the path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "data_pruning.json")
@@ -259,14 +260,6 @@ def summarize(out, fractions):
     return dict(accuracy=table, goals=goals, cost_ratio=dict(
         knn=round(secs["extrapolated_knn"] / full_secs, 3),
         gnn=round(secs["extrapolated_gnn"] / full_secs, 3) if "extrapolated_gnn" in secs else None))
-
-
-def write_json(results, path):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-
-    atomic_write(path, write, overwrite=True)
 
 
 if __name__ == "__main__":

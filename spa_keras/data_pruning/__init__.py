@@ -24,7 +24,7 @@ _EXPORTS = {
     "ScoreRecorder": "recorder",
     "knn_extrapolate": "extrapolate", "gcn_extrapolate": "extrapolate", "knn_graph": "extrapolate",
     "select": "selection", "calibration_subset": "calibration",
-    "embeddings": "models", "nearest_neighbors": "neighbors",
+    "embeddings": "models", "default_model": "models", "nearest_neighbors": "neighbors",
     "dynamic_uncertainty": "formulas", "tdds": "formulas", "kl_change": "formulas", "el2n": "formulas",
     "forgetting_events": "formulas", "SCORES": "formulas",
 }

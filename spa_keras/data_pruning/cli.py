@@ -124,23 +124,9 @@ def _builder(args, input_shape, classes):
         return build
     if classes < 2:
         raise InvalidArgumentError(f"the labels hold {classes} class: data pruning needs at least 2")
+    from spa_keras.data_pruning import default_model
 
-    def build():
-        L = keras.layers
-        inp = keras.Input(input_shape)
-        if len(input_shape) == 3:
-            h = L.Conv2D(16, 3, padding="same", activation="relu")(inp)
-            h = L.MaxPooling2D()(h) if min(input_shape[:2]) >= 4 else h
-            h = L.Conv2D(32, 3, padding="same", activation="relu")(h)
-            h = L.GlobalAveragePooling2D()(h)
-        else:
-            h = L.Dense(128, activation="relu")(L.Flatten()(inp))
-        h = L.Dense(64, activation="relu", name="features")(h)
-        model = keras.Model(inp, L.Dense(classes, name="logits")(h))
-        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        return model
-
-    return build
+    return lambda: default_model(input_shape, classes)
 
 
 def run(args) -> int:

@@ -123,4 +123,36 @@ def embeddings(model, x, layer=None, batch_size: int = 1024, dtype="float32") ->
     return out
 
 
-__all__ = ["embeddings", "embedding_model", "to_probabilities", "CHUNK"]
+def default_model(input_shape, classes: int, learning_rate: float = 1e-3):
+    """A small compiled classifier to score data with when there is no model of one's own: for images
+    ``(H, W, C)`` two 3×3 convolutions (16, 32; max-pooling between them), global average pooling; for
+    anything else a dense layer of 128 on the flattened input; then a dense ``"features"`` layer of 64
+    (the embedding) and ``classes`` logits. Adam, sparse categorical cross-entropy from logits.
+
+    >>> import functools
+    >>> from spa_keras import data_pruning as dp
+    >>> build = functools.partial(dp.default_model, (4,), 2)     # a build_model for dp.scores
+    >>> build().output.shape
+    (None, 2)
+    """
+    import keras
+
+    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 2:
+        raise InvalidArgumentError(f"classes must be an integer >= 2, got {classes!r}")
+    L = keras.layers
+    input_shape = tuple(input_shape)
+    inp = keras.Input(input_shape)
+    if len(input_shape) == 3:
+        h = L.Conv2D(16, 3, padding="same", activation="relu")(inp)
+        h = L.MaxPooling2D()(h) if None not in input_shape[:2] and min(input_shape[:2]) >= 4 else h
+        h = L.Conv2D(32, 3, padding="same", activation="relu")(h)
+        h = L.GlobalAveragePooling2D()(h)
+    else:
+        h = L.Dense(128, activation="relu")(L.Flatten()(inp) if len(input_shape) > 1 else inp)
+    h = L.Dense(64, activation="relu", name="features")(h)
+    model = keras.Model(inp, L.Dense(int(classes), name="logits")(h))
+    model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+__all__ = ["embeddings", "embedding_model", "to_probabilities", "default_model", "CHUNK"]

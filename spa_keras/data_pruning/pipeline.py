@@ -24,6 +24,10 @@ def _check_int(value, name, minimum=1):
     return int(value)
 
 
+def _check_common(score, epochs, batch_size):
+    return _score_names(score), _check_int(epochs, "epochs"), _check_int(batch_size, "batch_size")
+
+
 def _score_names(score):
     names = [score] if isinstance(score, str) else list(score)
     for s in names:
@@ -101,20 +105,14 @@ def scores(build_model, x, y=None, score="dynamic_uncertainty", *, epochs: int =
     Returns:
         ``(n,)`` float64 scores, higher = more important (a dict of them for a list of scores).
 
-    >>> import keras, numpy as np
+    >>> import functools, numpy as np
     >>> from spa_keras import data_pruning as dp
-    >>> def build():
-    ...     m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-    ...                           keras.layers.Dense(2, activation="softmax")])
-    ...     m.compile("adam", "sparse_categorical_crossentropy")
-    ...     return m
+    >>> build = functools.partial(dp.default_model, (4,), 2)    # or any function returning a compiled model
     >>> x, y = np.random.default_rng(0).normal(size=(64, 4)), np.arange(64) % 2
     >>> dp.scores(build, x, y, epochs=3, batch_size=32).shape
     (64,)
     """
-    names = _score_names(score)
-    epochs = _check_int(epochs, "epochs")
-    batch_size = _check_int(batch_size, "batch_size")
+    names, epochs, batch_size = _check_common(score, epochs, batch_size)
     data = as_data(x, y)
     _, recorder = _train(build_model, data, None, epochs, batch_size, seed, strategy, None, verbose)
     out = _read(recorder, names, window, decay)
@@ -178,23 +176,17 @@ def extrapolated_scores(build_model, x, y=None, score="dynamic_uncertainty", *, 
         return_details: also return a dict with the subset's indices and scores, the embeddings and
             the seconds each stage took.
 
-    >>> import keras, numpy as np
+    >>> import functools, numpy as np
     >>> from spa_keras import data_pruning as dp
-    >>> def build():
-    ...     m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-    ...                           keras.layers.Dense(2, activation="softmax")])
-    ...     m.compile("adam", "sparse_categorical_crossentropy")
-    ...     return m
     >>> x, y = np.random.default_rng(0).normal(size=(200, 4)), np.arange(200) % 2
-    >>> est = dp.extrapolated_scores(build, x, y, subset=0.2, epochs=3, batch_size=32, k=5)
+    >>> est = dp.extrapolated_scores(functools.partial(dp.default_model, (4,), 2), x, y, subset=0.2, epochs=3,
+    ...                              batch_size=32, k=5)
     >>> est.shape
     (200,)
     """
-    names = _score_names(score)
+    names, epochs, batch_size = _check_common(score, epochs, batch_size)
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    epochs = _check_int(epochs, "epochs")
-    batch_size = _check_int(batch_size, "batch_size")
     k = _check_int(k, "k")
     if step_fraction is not None and not step_fraction > 0:
         raise InvalidArgumentError(f"step_fraction must be positive or None, got {step_fraction!r}")
