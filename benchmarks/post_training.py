@@ -155,7 +155,7 @@ def run(model, name, target, method, kwargs, ft_epochs, data):
     return row
 
 
-def calibration_choice(data, targets, output, n=128, pool=10000, seeds=3):
+def calibration_choice(data, targets, output, epochs, n=128, pool=10000, seeds=3):
     """OBSPA on the ResNet-20 with ``n`` calibration samples chosen by ``dp.calibration_subset`` (k-means and
     k-center over the penultimate features, stratified by the model's predicted class: the samples are
     unlabeled) against random draws, from the same pool of ``pool`` training images; ``seeds`` draws of
@@ -163,7 +163,7 @@ def calibration_choice(data, targets, output, n=128, pool=10000, seeds=3):
     from spa_keras import data_pruning as dp
 
     (xtr, _), (xte, yte) = data
-    model = trained("resnet20", data, 5)
+    model = trained("resnet20", data, epochs)
     xpool = xtr[np.random.default_rng(1).permutation(len(xtr))[:pool]]
     rows = []
     for target in targets:
@@ -185,7 +185,8 @@ def calibration_choice(data, targets, output, n=128, pool=10000, seeds=3):
     if os.path.exists(output):
         with open(output) as f:
             results = json.load(f)
-    results["calibration_choice"] = dict(model="resnet20", samples=n, pool=pool, rows=rows)
+    results["calibration_choice"] = dict(model="resnet20", model_epochs=epochs, samples=n, pool=pool,
+                                         unpruned_accuracy=round(accuracy(model, xte, yte), 4), rows=rows)
     write_json(results, output)
 
 
@@ -203,7 +204,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     data = load_data()
     if args.calibration_choice:
-        return calibration_choice(data, [float(t) for t in args.targets.split(",")], args.output) or 0
+        return calibration_choice(data, [float(t) for t in args.targets.split(",")], args.output, args.epochs) or 0
     (xtr, ytr), (xte, yte) = data
     rng = np.random.default_rng(0)
     xcal = xtr[rng.permutation(len(xtr))[:2048]]  # unlabeled calibration samples from the training set
