@@ -221,7 +221,7 @@ def data_pruning_plot(data, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw=dict(width_ratios=(1.1, 1)))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw=dict(width_ratios=(1.1, 1)))
     rows = data["fidelity"]
     scores = [s for s in SCORE_LABELS if s in rows[0]]
     ypos = np.arange(len(rows))
@@ -231,7 +231,7 @@ def data_pruning_plot(data, path):
     ax1.invert_yaxis()
     ax1.axvline(0, color="k", lw=0.8)
     ax1.set(title="Spearman with the full scores (outside the subset)", xlabel="Spearman correlation")
-    ax1.legend(fontsize=8)
+    ax1.legend(fontsize=8, loc="lower left")
     down = data.get("downstream", [])
     fracs = sorted({r["fraction"] for r in down if r["method"] != "all data"})
     for m in DOWNSTREAM:
@@ -241,7 +241,7 @@ def data_pruning_plot(data, path):
     base = [r["val_accuracy"] for r in down if r["method"] == "all data"]
     if base:
         ax2.axhline(np.mean(base), color="k", ls="--", lw=1, label="all data")
-    ax2.set(title="Training on the kept samples (mean ± std over paired seeds)", xlabel="fraction kept",
+    ax2.set(title="Training on the kept samples (mean ± std, paired seeds)", xlabel="fraction kept",
             ylabel="validation accuracy")
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)
