@@ -107,6 +107,21 @@ def test_recorder_every_steps_and_a_dataset_read_the_same_as_arrays():
     np.testing.assert_allclose(a.p_true, b.p_true, rtol=1e-6)
 
 
+def test_a_tf_data_dataset_of_batches_is_scored_and_bad_datasets_are_refused():
+    import tensorflow as tf
+
+    x, y = blobs(120)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    est = dp.extrapolated_scores(build_mlp(), ds, subset=0.5, epochs=2, batch_size=16, k=3)
+    assert est.shape == (120,) and np.all(np.isfinite(est))
+    with pytest.raises(InvalidArgumentError, match="labels come from"):
+        dp.scores(build_mlp(), ds, y, epochs=2)
+    with pytest.raises(InvalidArgumentError, match="infinite"):
+        dp.scores(build_mlp(), ds.repeat(), epochs=2)
+    with pytest.raises(InvalidArgumentError, match=r"\(x, y\) batches"):
+        dp.scores(build_mlp(), tf.data.Dataset.from_tensor_slices(x).batch(16), epochs=2)
+
+
 def test_scores_runs_under_a_distribution_strategy():
     import tensorflow as tf
 

@@ -114,8 +114,9 @@ class DatasetData:
         import tensorflow as tf
 
         count = self.n if indices is None else len(indices)
-        ds = self._subset(indices).shuffle(min(count, 16384), seed=seed, reshuffle_each_iteration=True)
-        return dict(x=ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        ds = self._subset(indices).apply(tf.data.experimental.assert_cardinality(count))  # Keras knows the steps
+        ds = ds.shuffle(min(count, 16384), seed=seed, reshuffle_each_iteration=True)
+        return dict(x=ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), shuffle=False)
 
     def chunks(self, indices=None, chunk=CHUNK):
         """``(start, x_chunk)`` in order; the order of ``indices`` must be increasing."""
