@@ -214,6 +214,18 @@ def data_pruning_tables(data) -> str:
     return "\n".join(out)
 
 
+def smoothing_table(data) -> str:
+    """The smoothing diagnostic of benchmarks/data_pruning.py --smoothing-diagnostic."""
+    d = data["smoothing_diagnostic"]
+    out = ["| kept 30% by | validation accuracy per seed | mean | coverage (mean distance to the nearest kept) |",
+           "|---|---|---|---|"]
+    for name in dict.fromkeys(r["selection"] for r in d["rows"]):
+        rows = [r for r in d["rows"] if r["selection"] == name]
+        out.append(f"| {name} | " + ", ".join(f"{r['val_accuracy']:.4f}" for r in rows)
+                   + f" | {np.mean([r['val_accuracy'] for r in rows]):.4f} | {rows[0]['coverage']:.2f} |")
+    return "\n".join(out)
+
+
 def data_pruning_plot(data, path):
     """Left: Spearman with the full scores per method; right: validation accuracy against the kept fraction."""
     import matplotlib
@@ -259,6 +271,8 @@ if __name__ == "__main__":
     data = load("data_pruning.json")
     if data is not None:
         print(f"## data_pruning.json\n\n{data_pruning_tables(data)}\n")
+        if data.get("smoothing_diagnostic"):
+            print(f"## data_pruning.json: smoothing diagnostic\n\n{smoothing_table(data)}\n")
         if data.get("summary"):
             data_pruning_plot(data, os.path.join(HERE, "..", "docs", "img", "data_pruning.png"))
     data = load("post_training.json")
