@@ -29,8 +29,9 @@ def add_parser(subparsers):
     p.add_argument("-o", "--output", required=True, help="where the kept indices go (.npy)")
     p.add_argument("--keep", type=_fraction, default=0.5, help="fraction of samples to keep, in (0, 1] (default 0.5)")
     p.add_argument("--score", choices=SCORES, default="dynamic_uncertainty", help="the importance score")
-    p.add_argument("--strategy", choices=("top", "bottom", "random", "ccs"), default="top",
-                   help="top (default): the highest scores; ccs: coverage-centric; bottom; random")
+    p.add_argument("--strategy", choices=("top", "bottom", "random", "ccs"), default="ccs",
+                   help="ccs (default): coverage-centric, across the score range (the one to use with extrapolated "
+                        "scores); top: the highest scores; bottom; random")
     p.add_argument("--class-balanced", action="store_true", help="keep the same fraction of every class")
     p.add_argument("--extrapolate", choices=("knn", "gnn", "none"), default="knn",
                    help="score a subset and extrapolate by kNN (default) or a graph network; none: score every sample")
