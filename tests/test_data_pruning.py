@@ -391,6 +391,12 @@ def test_the_cli_module_imports_nothing_heavy_at_import_time():
                for n in init.body)
 
 
+def test_the_cli_lists_every_score():
+    from spa_keras.data_pruning import cli, formulas
+
+    assert cli.SCORES == formulas.SCORES
+
+
 def test_the_room_does_not_import_the_model_pruning_code():
     forbidden = ("graph", "frontends", "criteria", "plan", "algorithms", "backends", "api")
     folder = os.path.join(ROOT, "spa_keras", "data_pruning")
