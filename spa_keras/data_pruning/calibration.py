@@ -82,6 +82,10 @@ def calibration_subset(model, x, n: int = 512, y=None, *, method: str = "kmeans"
       the sample farthest from all chosen. Maximal coverage; it favours outliers.
     - ``"random"``: a class-stratified random draw (the control).
 
+    Measured on the Fashion-MNIST ResNet-20 of ``benchmarks/post_training.py`` (OBSPA, 128 samples, 2x
+    fewer MACs): k-means choice 0.8985 on average over three draws, random 0.8985, k-center 0.8962 — no
+    gain in accuracy, a narrower spread across draws with k-means.
+
     Args:
         model: a trained ``keras.Model``.
         x: the candidate samples (an array, or a ``tf.data.Dataset`` of ``(x, y)`` batches).
