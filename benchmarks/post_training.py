@@ -9,6 +9,7 @@ the two-phase reconstruction with the same counts, OBSPA followed by the reconst
     python benchmarks/post_training.py                 # everything (an hour on 2 CPU cores)
     python benchmarks/post_training.py --train-only    # just train and cache the two models
     python benchmarks/post_training.py --models resnet20 --targets 0.5 --methods l2,obspa_bn
+    python benchmarks/post_training.py --calibration-choice   # chosen vs random calibration samples
 """
 
 from __future__ import annotations
@@ -154,6 +155,41 @@ def run(model, name, target, method, kwargs, ft_epochs, data):
     return row
 
 
+def calibration_choice(data, targets, output, epochs, n=128, pool=10000, seeds=3):
+    """OBSPA on the ResNet-20 with ``n`` calibration samples chosen by ``dp.calibration_subset`` (k-means and
+    k-center over the penultimate features, stratified by the model's predicted class: the samples are
+    unlabeled) against random draws, from the same pool of ``pool`` training images; ``seeds`` draws of
+    the random and k-means choices. Adds ``calibration_choice`` to the JSON."""
+    from spa_keras import data_pruning as dp
+
+    (xtr, _), (xte, yte) = data
+    model = trained("resnet20", data, epochs)
+    xpool = xtr[np.random.default_rng(1).permutation(len(xtr))[:pool]]
+    rows = []
+    for target in targets:
+        for method in ("random", "kmeans", "kcenter"):
+            for seed in range(1 if method == "kcenter" else seeds):
+                t0 = time.perf_counter()
+                if method == "random":
+                    idx = np.random.default_rng(seed).permutation(pool)[:n]
+                else:
+                    idx = dp.calibration_subset(model, xpool, n=n, method=method, seed=seed)
+                choose_s = time.perf_counter() - t0
+                slim = spa.prune(model, target_macs=target, verbose=False, algorithm="obspa",
+                                 calibration_data=xpool[idx], calibration_samples=n)
+                rows.append(dict(model="resnet20", target=target, method=method, seed=seed, samples=n,
+                                 accuracy=round(accuracy(slim, xte, yte), 4), choose_seconds=round(choose_s, 1),
+                                 seconds=round(time.perf_counter() - t0, 1)))
+                print(json.dumps(rows[-1]), flush=True)
+    results = {"rows": [], "unpruned": {}}
+    if os.path.exists(output):
+        with open(output) as f:
+            results = json.load(f)
+    results["calibration_choice"] = dict(model="resnet20", model_epochs=epochs, samples=n, pool=pool,
+                                         unpruned_accuracy=round(accuracy(model, xte, yte), 4), rows=rows)
+    write_json(results, output)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="resnet20,mobilenetv2")
@@ -162,8 +198,13 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=5, help="training epochs of the cached models")
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--output", default=RESULTS)
+    ap.add_argument("--calibration-choice", action="store_true",
+                    help="only compare calibration samples chosen by dp.calibration_subset with random ones "
+                         "(OBSPA, 128 samples, ResNet-20)")
     args = ap.parse_args(argv)
     data = load_data()
+    if args.calibration_choice:
+        return calibration_choice(data, [float(t) for t in args.targets.split(",")], args.output, args.epochs) or 0
     (xtr, ytr), (xte, yte) = data
     rng = np.random.default_rng(0)
     xcal = xtr[rng.permutation(len(xtr))[:2048]]  # unlabeled calibration samples from the training set

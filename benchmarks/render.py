@@ -7,6 +7,8 @@ post-training results as docs/img/post_training.png (accuracy against MACs).
 import json
 import os
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -108,6 +110,22 @@ def post_training_table(data) -> str:
     return "\n".join(out)
 
 
+def calibration_choice_table(data) -> str:
+    """OBSPA with calibration samples chosen by dp.calibration_subset against random draws."""
+    c = data["calibration_choice"]
+    targets = sorted({r["target"] for r in c["rows"]}, reverse=True)
+    out = [f"| choice of the {c['samples']} samples (pool of {c['pool']:,}) | "
+           + " | ".join(f"{1 / t:.0f}x fewer MACs: accuracy (per draw)" for t in targets) + " |",
+           "|---|" + "---|" * len(targets)]
+    for method in dict.fromkeys(r["method"] for r in c["rows"]):
+        cells = []
+        for t in targets:
+            accs = [r["accuracy"] for r in c["rows"] if r["method"] == method and r["target"] == t]
+            cells.append(f"{np.mean(accs):.4f} ({', '.join(f'{a:.4f}' for a in accs)})" if accs else "–")
+        out.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def torch_table(data) -> str:
     rows = ["| method | target | accuracy | MACs (fraction) | seconds |", "|---|---|---|---|---|"]
     for r in data["rows"]:
@@ -144,11 +162,122 @@ def post_training_plot(data, path):
     os.replace(tmp, path)
 
 
+SCORE_LABELS = {"dynamic_uncertainty": "Dynamic Uncertainty", "tdds": "TDDS"}
+DOWNSTREAM = ("random", "full_top", "full_ccs", "extrapolated_top", "extrapolated_ccs")
+
+
+def data_pruning_tables(data) -> str:
+    """Fidelity, downstream accuracy with paired differences, cost and goals of benchmarks/data_pruning.py."""
+    fr = data["setup"]["fractions"].split(",")
+    scores = [s for s in SCORE_LABELS if s in data["fidelity"][0]]
+    head = " | ".join(f"{SCORE_LABELS[s]}: Spearman (÷ ceiling) | top-{'/'.join(f'{float(f):.0%}' for f in fr)} overlap"
+                      for s in scores)
+    out = [f"| scores on the samples outside the subset | {head} |", "|---|" + "---|---|" * len(scores)]
+    for r in data["fidelity"]:
+        cells = []
+        for s in scores:
+            v = r[s]
+            cells.append(f"{v['spearman']:.3f} ({v['ceiling_ratio']:.2f}) | "
+                         + " / ".join(f"{v['top_overlap'][f]:.2f}" for f in fr))
+        out.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    summ = data.get("summary")
+    if summ:
+        acc = summ["accuracy"]
+        base = [r for r in data["downstream"] if r["method"] == "all data"]
+        out += ["", f"Validation accuracy, mean of {len(base)} paired seeds (all {data['setup']['train_samples']:,} "
+                f"samples: {sum(r['val_accuracy'] for r in base) / len(base):.4f}); in brackets the per-seed "
+                "difference with random, then for extrapolated selections with the full scores' same strategy, "
+                "in points:", "",
+                "| kept | " + " | ".join(m.replace("_", " ") for m in DOWNSTREAM) + " |", "|---|" + "---|" * len(DOWNSTREAM)]
+        for f in fr:
+            cells = []
+            for m in DOWNSTREAM:
+                a = acc[f"{m}@{float(f)}"]
+                cell = f"{a['mean']:.4f}"
+                if m != "random":
+                    cell += " [" + ", ".join(f"{100 * d:+.1f}" for d in a["vs_random"]) + "]"
+                if a.get("vs_full"):
+                    cell += " [" + ", ".join(f"{100 * d:+.1f}" for d in a["vs_full"]) + "]"
+                cells.append(cell)
+            out.append(f"| {float(f):.0%} | " + " | ".join(cells) + " |")
+        secs = data["seconds"]
+        full = (secs["full_seed0"] + secs["full_seed1"]) / 2
+        out += ["", "| scoring path | wall time (s) | ÷ full scoring |", "|---|---|---|",
+                f"| full scores (one run, mean of two seeds) | {full:.1f} | 1.00 |",
+                f"| extrapolated, kNN (subset run {secs['extrapolated_stages']['train']:.1f} s, embedding "
+                f"{secs['extrapolated_stages']['embed']:.1f} s, kNN {secs['extrapolated_stages']['extrapolate']:.1f} s) "
+                f"| {secs['extrapolated_knn']:.1f} | {secs['extrapolated_knn'] / full:.2f} |"]
+        if "extrapolated_gnn" in secs:
+            out.append(f"| extrapolated, GCN (same subset run and embedding) | {secs['extrapolated_gnn']:.1f} | "
+                       f"{secs['extrapolated_gnn'] / full:.2f} |")
+        out += ["", "| goal | met |", "|---|---|"] + [f"| {g} | {'yes' if ok else 'no'} |" for g, ok in summ["goals"].items()]
+    return "\n".join(out)
+
+
+def smoothing_table(data) -> str:
+    """The smoothing diagnostic of benchmarks/data_pruning.py --smoothing-diagnostic."""
+    d = data["smoothing_diagnostic"]
+    out = ["| kept 30% by | validation accuracy per seed | mean | coverage (mean distance to the nearest kept) |",
+           "|---|---|---|---|"]
+    for name in dict.fromkeys(r["selection"] for r in d["rows"]):
+        rows = [r for r in d["rows"] if r["selection"] == name]
+        out.append(f"| {name} | " + ", ".join(f"{r['val_accuracy']:.4f}" for r in rows)
+                   + f" | {np.mean([r['val_accuracy'] for r in rows]):.4f} | {rows[0]['coverage']:.2f} |")
+    return "\n".join(out)
+
+
+def data_pruning_plot(data, path):
+    """Left: Spearman with the full scores per method; right: validation accuracy against the kept fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw=dict(width_ratios=(1.1, 1)))
+    rows = data["fidelity"]
+    scores = [s for s in SCORE_LABELS if s in rows[0]]
+    ypos = np.arange(len(rows))
+    for i, s in enumerate(scores):
+        ax1.barh(ypos + 0.4 * i - 0.2, [r[s]["spearman"] for r in rows], height=0.4, label=SCORE_LABELS[s])
+    ax1.set_yticks(ypos, [r["name"] for r in rows], fontsize=7)
+    ax1.invert_yaxis()
+    ax1.axvline(0, color="k", lw=0.8)
+    ax1.set(title="Spearman with the full scores (outside the subset)", xlabel="Spearman correlation")
+    ax1.legend(fontsize=8, loc="lower left")
+    down = data.get("downstream", [])
+    fracs = sorted({r["fraction"] for r in down if r["method"] != "all data"})
+    for m in DOWNSTREAM:
+        mean = [np.mean([r["val_accuracy"] for r in down if r["method"] == m and r["fraction"] == f]) for f in fracs]
+        std = [np.std([r["val_accuracy"] for r in down if r["method"] == m and r["fraction"] == f]) for f in fracs]
+        ax2.errorbar(fracs, mean, yerr=std, marker="o", capsize=3, label=m.replace("_", " "))
+    base = [r["val_accuracy"] for r in down if r["method"] == "all data"]
+    if base:
+        ax2.axhline(np.mean(base), color="k", ls="--", lw=1, label="all data")
+    ax2.set(title="Training on the kept samples (mean ± std, paired seeds)", xlabel="fraction kept",
+            ylabel="validation accuracy")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
 if __name__ == "__main__":
     data = load("post_training.json")
     if data is not None:
         print(f"## post_training.json\n\n{post_training_table(data)}\n")
         post_training_plot(data, os.path.join(HERE, "..", "docs", "img", "post_training.png"))
+    data = load("data_pruning.json")
+    if data is not None:
+        print(f"## data_pruning.json\n\n{data_pruning_tables(data)}\n")
+        if data.get("smoothing_diagnostic"):
+            print(f"## data_pruning.json: smoothing diagnostic\n\n{smoothing_table(data)}\n")
+        if data.get("summary"):
+            data_pruning_plot(data, os.path.join(HERE, "..", "docs", "img", "data_pruning.png"))
+    data = load("post_training.json")
+    if data is not None and "calibration_choice" in data:
+        print(f"## post_training.json: calibration choice\n\n{calibration_choice_table(data)}\n")
     data = load("post_training_torch.json")
     if data is not None:
         print(f"## post_training_torch.json\n\n{torch_table(data)}\n")

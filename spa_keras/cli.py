@@ -13,6 +13,7 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+from spa_keras.data_pruning import cli as data_pruning_cli  # noqa: E402 - no TensorFlow at import time
 
 MODEL_HELP = "a .keras, .h5 or .onnx file"
 
@@ -83,6 +84,7 @@ def _parser():
     d.add_argument("--report", metavar="PATH", help="also write the report (.txt, .json, .png) here")
     _add_overwrite(d, "replace report files")
     _add_pruning_options(d)
+    data_pruning_cli.add_parser(sub)
     return p
 
 
@@ -394,7 +396,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"inspect": cmd_inspect, "prune": cmd_prune, "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo}
+COMMANDS = {"inspect": cmd_inspect, "prune": cmd_prune, "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo, "prune-data": data_pruning_cli.run}
 
 
 def main(argv=None) -> int:

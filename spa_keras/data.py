@@ -101,13 +101,18 @@ def _check_shape(x, input_shape, source):
     return x
 
 
-def _load_images(folder, input_shape, scale):
-    import keras
-
-    files = sorted(
+def image_files(folder) -> list:
+    """The image files under ``folder`` (recursively), sorted by path: the order of :func:`load_arrays`."""
+    return sorted(
         os.path.join(root, f) for root, _, names in os.walk(folder)
         for f in names if f.lower().endswith(IMAGE_EXTENSIONS)
     )
+
+
+def _load_images(folder, input_shape, scale):
+    import keras
+
+    files = image_files(folder)
     if not files:
         raise InvalidArgumentError(f"{folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     shape = tuple(input_shape)

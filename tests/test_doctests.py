@@ -6,6 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["spa_keras.config", "spa_keras.report", "spa_keras.data", "spa_keras.io", "spa_keras.metrics", "spa_keras.api"]
+MODULES += [f"spa_keras.data_pruning{m}" for m in ("", ".formulas", ".recorder", ".pipeline", ".extrapolate", ".neighbors",
+                                                   ".selection", ".calibration", ".models", ".report")]
 
 
 @pytest.mark.parametrize("name", MODULES)
