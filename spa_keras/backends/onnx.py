@@ -33,6 +33,21 @@ class _Writer:
         else:
             raise RebuildError(f"parameter {name!r} is neither an initializer nor a Constant")
 
+    def array(self, name) -> np.ndarray:
+        """The current value of an initializer or Constant."""
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        for a in self.consts[name].attribute:
+            if a.name == "value":
+                return numpy_helper.to_array(a.t)
+        raise RebuildError(f"{name!r} is neither an initializer nor a Constant")
+
+    def kept(self, ref) -> np.ndarray:
+        """Which channels of the tensor ``ref`` names (of the node being fixed) stay: a boolean mask."""
+        node, plan = self.current
+        t = (node.inputs if ref.side == "in" else node.outputs)[ref.index]
+        return plan.keep_mask(plan.analysis.layouts[t])
+
     def add_constant(self, name, value) -> str:
         """A new initializer (unique name) for one node's shape-like input, so shared constants stay."""
         base, k = name, 0
@@ -63,11 +78,14 @@ def apply_onnx_plan(og: OnnxGraph, plan: PruningPlan, transform=None, check: boo
                 writer.set_array(p.key, value)
         spec = og.specs[node.name]
         if spec.resize is not None:
+            writer.current = (node, plan)
             width = lambda ref, n=node: plan.width((n.inputs if ref.side == "in" else n.outputs)[ref.index])  # noqa: E731
             spec.resize(model.graph.node[node.ref], width, writer)
     used = {x for n in model.graph.node for x in n.input} | {o.name for o in model.graph.output}
     for init in [i for i in model.graph.initializer if i.name not in used]:
         model.graph.initializer.remove(init)  # shape constants replaced by per-node copies
+    for node in [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        model.graph.node.remove(node)
     del model.graph.value_info[:]
     if check:
         try:
