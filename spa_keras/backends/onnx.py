@@ -59,8 +59,17 @@ class _Writer:
         return name
 
 
-def apply_onnx_plan(og: OnnxGraph, plan: PruningPlan, transform=None, check: bool = True) -> onnx.ModelProto:
-    """A new ``ModelProto`` with the plan's channels removed."""
+def apply_onnx_plan(og: OnnxGraph, plan: PruningPlan, transform=None, check: bool = True,
+                    verify: bool = True) -> onnx.ModelProto:
+    """A new ``ModelProto`` with the plan's channels removed.
+
+    ``check``: ``onnx.checker`` and strict shape inference. ``verify`` (run before you write): the
+    pruned model runs once on onnxruntime at its declared input shapes (dynamic dimensions as 1),
+    beside the zero-channel oracle (the full-width model with the removed channels zeroed), and a
+    model that onnxruntime refuses or that differs from the oracle raises
+    :class:`~spa_keras.errors.RebuildError` naming the node. Where onnxruntime cannot run the input
+    model itself, the run is skipped with a warning.
+    """
     model = copy.deepcopy(og.model)
     writer = _Writer(model)
     done = set()
@@ -93,14 +102,91 @@ def apply_onnx_plan(og: OnnxGraph, plan: PruningPlan, transform=None, check: boo
             model = shape_inference.infer_shapes(model, strict_mode=True)
         except Exception as e:  # noqa: BLE001
             raise RebuildError(f"the pruned ONNX model does not check: {e}") from e
+    if verify:
+        verify_before_writing(og, plan, model)
     return model
+
+
+def declared_inputs(model: onnx.ModelProto, seed: int = 0) -> dict:
+    """Random inputs at the model's declared input shapes (dynamic or unknown dimensions as 1)."""
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = np.ones(shape, dtype)
+        else:
+            feeds[vi.name] = np.zeros(shape, dtype)
+    return feeds
+
+
+def _failing_node(message: str) -> str:
+    """The node an onnxruntime error message names, or ``""``."""
+    import re
+
+    for pattern in (r"[Nn]ode \(([^)]+)\)", r"[Nn]ode:\s*([^\s,]+)", r"[Nn]ode name:\s*([^\s,]+)", r"[Nn]ode ([^\s,:]+)"):
+        m = re.search(pattern, message)
+        if m:
+            return m.group(1)
+    return ""
+
+
+def _session(model):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def verify_before_writing(og: OnnxGraph, plan: PruningPlan, pruned: onnx.ModelProto, rtol: float = 1e-3) -> dict:
+    """Run ``pruned`` once on onnxruntime beside the zero-channel oracle (see :func:`apply_onnx_plan`)."""
+    import warnings
+
+    feeds = declared_inputs(pruned)
+    try:
+        got = _session(pruned).run(None, feeds)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own error types
+        message = str(e).strip()
+        try:
+            _session(og.model).run(None, declared_inputs(og.model))
+        except Exception as e0:  # noqa: BLE001
+            warnings.warn(f"onnxruntime cannot run the input model either ({str(e0).strip()[:200]}); the pruned "
+                          "model was not run before writing", stacklevel=3)
+            return {"ran": False}
+        node = _failing_node(message)
+        where = f" at node {node!r}" if node else ""
+        raise RebuildError(f"onnxruntime refuses the pruned ONNX model{where}: {message[:600]}. This is a bug in "
+                           "spa_keras's ONNX path: the file was not written") from None
+    want = _session(zeroed_onnx_copy(og, plan)).run(None, feeds)
+    diff, scale = 0.0, 0.0
+    for a, b in zip(want, got):
+        if a.shape != b.shape:
+            raise RebuildError(f"the pruned ONNX model gives an output of shape {b.shape} where the input model "
+                               f"gives {a.shape}; the file was not written")
+        if np.issubdtype(a.dtype, np.floating) and a.size:
+            diff = max(diff, float(np.max(np.abs(a - b))))
+            scale = max(scale, float(np.max(np.abs(a))))
+    if not np.isfinite(scale):
+        return {"ran": True, "oracle": None}
+    if diff > rtol * max(scale, 1e-6):
+        raise RebuildError(f"the pruned ONNX model differs from the zero-channel oracle by {diff:.3g} (outputs up "
+                           f"to {scale:.3g}); the file was not written")
+    return {"ran": True, "oracle": True, "max_abs_diff": diff}
 
 
 def zeroed_onnx_copy(og: OnnxGraph, plan: PruningPlan) -> onnx.ModelProto:
     """The zero-channel oracle for ONNX: the full-width model with the removed channels zeroed where
     they are written."""
     full = PruningPlan(plan.analysis, np.zeros_like(plan.removed_classes))
-    return apply_onnx_plan(og, full, transform=zero_writers(plan))
+    return apply_onnx_plan(og, full, transform=zero_writers(plan), verify=False)
 
 
 def save_onnx(model: onnx.ModelProto, path: str, overwrite: bool = False) -> str:
