@@ -131,18 +131,20 @@ def _failing_node(message: str) -> str:
     """The node an onnxruntime error message names, or ``""``."""
     import re
 
-    for pattern in (r"[Nn]ode \(([^)]+)\)", r"[Nn]ode:\s*([^\s,]+)", r"[Nn]ode name:\s*([^\s,]+)", r"[Nn]ode ([^\s,:]+)"):
+    for pattern in (r"Name:\s*'([^']+)'", r"[Nn]ode \(([^)]+)\)", r"[Nn]ode:\s*([^\s,]+)", r"[Nn]ode name:\s*([^\s,]+)", r"[Nn]ode ([^\s,:]+)"):
         m = re.search(pattern, message)
         if m:
             return m.group(1)
     return ""
 
 
-def _session(model):
+def _session(model, optimize: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not optimize:  # nodes keep their own names in error messages (no fusion)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -161,6 +163,13 @@ def verify_before_writing(og: OnnxGraph, plan: PruningPlan, pruned: onnx.ModelPr
             warnings.warn(f"onnxruntime cannot run the input model either ({str(e0).strip()[:200]}); the pruned "
                           "model was not run before writing", stacklevel=3)
             return {"ran": False}
+        named = copy.deepcopy(pruned)
+        for i, n in enumerate(named.graph.node):
+            n.name = n.name or n.output[0] or f"{n.op_type}_{i}"
+        try:
+            _session(named, optimize=False).run(None, feeds)
+        except Exception as e2:  # noqa: BLE001
+            message = str(e2).strip()
         node = _failing_node(message)
         where = f" at node {node!r}" if node else ""
         raise RebuildError(f"onnxruntime refuses the pruned ONNX model{where}: {message[:600]}. This is a bug in "
