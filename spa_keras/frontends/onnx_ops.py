@@ -366,3 +366,44 @@ def copy_model(model):
     import copy
 
     return copy.deepcopy(model)
+
+
+UNTIE_LIMIT = 65536  # elements: vectors (biases, norm scales), not weight matrices
+
+
+def untie_small_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node its own copy of a small float initializer that several nodes read.
+
+    PyTorch's exporters merge initializers with equal values: in a model built with ``weights=None``
+    every zero bias, every BatchNorm's ones and zeros and every LayerNorm scale become one tensor, read
+    by unrelated layers. Read as shared parameters, they would tie those layers' channels together
+    (still exact, but pruning the same channels everywhere). Vectors are untied; large tensors (a real
+    tied weight) stay shared. The input model is not changed."""
+    from onnx import numpy_helper
+
+    small = {i.name: i for i in model.graph.initializer
+             if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+             and 1 < int(np.prod(i.dims, dtype=np.int64)) <= UNTIE_LIMIT}
+    users: dict = {}
+    for k, node in enumerate(model.graph.node):
+        for x in set(node.input):
+            if x in small:
+                users.setdefault(x, []).append(k)
+    shared = {x: ks for x, ks in users.items() if len(ks) > 1}
+    if not shared:
+        return model
+    model = copy_model(model)
+    names = {i.name for i in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+    for x, ks in shared.items():
+        value = numpy_helper.to_array(small[x])
+        for j, k in enumerate(ks[1:], start=1):
+            name = f"{x}__{j}"
+            while name in names:
+                name += "_"
+            names.add(name)
+            model.graph.initializer.append(numpy_helper.from_array(value, name))
+            node = model.graph.node[k]
+            for i, inp in enumerate(node.input):
+                if inp == x:
+                    node.input[i] = name
+    return model
