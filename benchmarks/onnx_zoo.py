@@ -82,7 +82,7 @@ def export(python, names, exporters, cache, timeout):
 # ---- step 2: prune one file (in a subprocess) ---------------------------------------------------
 
 
-def _median_latency(session, feed, budget_s=6.0, repeats=5):
+def _median_latency(session, feed, budget_s=5.0, repeats=5):
     session.run(None, feed)  # warm-up
     times = []
     start = time.perf_counter()
@@ -146,9 +146,9 @@ def latency(model, x, batches=(1, 8)):
             xb = np.concatenate([x] * b) if b > 1 else x
             if b > 1:
                 xb = xb + np.arange(b, dtype=xb.dtype).reshape(-1, 1, 1, 1) * 0.1
-                got = session.run(None, {name: xb})[0]
+                got = session.run(None, {name: xb})[0][[0, b - 1]]
                 one = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-                want = np.concatenate([one.run(None, {name: xb[i:i + 1]})[0] for i in range(b)])
+                want = np.concatenate([one.run(None, {name: xb[i:i + 1]})[0] for i in (0, b - 1)])
                 if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max())):
                     raise ValueError("the graph folds the batch into other axes")
             out[key] = _median_latency(session, {name: xb})
@@ -167,6 +167,17 @@ def held_summary(graph, limit=8):
     return [dict(reason=r, ops=c) for r, c in counts.most_common(limit)]
 
 
+def _code_version():
+    """The commit of the spa_keras being measured (``+`` when the work tree has changes)."""
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "spa_keras"], capture_output=True,
+                               text=True).stdout
+        return rev.strip() + ("+" if dirty.strip() else "")
+    except OSError:
+        return None
+
+
 def prune_one(path, keras_check=True, measure=True):
     """Everything measured for one ONNX file, as a dict (exceptions are caught stage by stage)."""
     import gc
@@ -175,13 +186,13 @@ def prune_one(path, keras_check=True, measure=True):
     import onnx
 
     import spa_keras as spa
-    from spa_keras.backends.onnx import run_onnx, verify_onnx
+    from spa_keras.backends.onnx import apply_onnx_plan, run_onnx, verify_onnx
     from spa_keras.frontends.onnx import from_onnx_model
     from spa_keras.metrics import count_macs, count_params
 
     base = os.path.basename(path)[: -len(".onnx")]
     model_name, exporter = base.rsplit(".", 1)
-    row = dict(model=model_name, exporter=exporter)
+    row = dict(model=model_name, exporter=exporter, code=_code_version())
     io_path = os.path.join(os.path.dirname(path), f"{model_name}.io.npz")
     stage = "load"
     try:
@@ -206,10 +217,12 @@ def prune_one(path, keras_check=True, measure=True):
         row["held"] = held_summary(og.graph)
         stage = "apply"
         t0 = time.perf_counter()
-        slim = spa.apply(plan)
-        row["apply_s"] = time.perf_counter() - t0
+        slim = apply_onnx_plan(og, plan, verify=False)  # spa.apply also runs the model beside the oracle:
+        row["apply_s"] = time.perf_counter() - t0  # done here once, on the exported sample
         stage = "oracle"
+        t0 = time.perf_counter()
         v = verify_onnx(og, plan, slim, x)
+        row["oracle_s"] = time.perf_counter() - t0
         row["oracle_passed"], row["oracle_max_abs_diff"], row["oracle_scale"] = v["passed"], v["max_abs_diff"], v["scale"]
         row["pruned"] = row["macs_after"] < row["macs_before"]
         if keras_check:
@@ -266,7 +279,8 @@ def summarise(rows):
 
     ok = [r for r in rows if r.get("ok")]
     out = dict(files=len(rows), ok=len(ok), ok_fraction=len(ok) / max(1, len(rows)),
-               models=len({r["model"] for r in rows}))
+               models=len({r["model"] for r in rows}), pending=sum(bool(r.get("pending")) for r in rows),
+               export_failed=sum(r.get("stage") == "export" and not r.get("pending") for r in rows))
     for b in ("b1", "b8"):
         rs = [x for x in (ratio(r, b) for r in ok) if x]
         out[f"median_latency_ratio_{b}"] = float(np.median(rs)) if rs else None
@@ -297,6 +311,8 @@ def main(argv=None):
     ap.add_argument("--timeout", type=int, default=3600, help="seconds for one file's export or pruning")
     ap.add_argument("--no-keras", action="store_true", help="skip the from_onnx check")
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--shard", type=lambda v: tuple(int(x) for x in v.split("/")), default=None,
+                    help="K/N: prune every N-th model from the K-th (to run N processes side by side)")
     ap.add_argument("--one", help="prune one .onnx file and print its row (what each subprocess runs)")
     ap.add_argument("--row-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -312,57 +328,84 @@ def main(argv=None):
     os.makedirs(args.cache, exist_ok=True)
     results_dir = os.path.join(args.cache, "results")
     os.makedirs(results_dir, exist_ok=True)
-    if args.skip_export:
-        names = sorted({f.split(".")[0] for f in os.listdir(args.cache) if f.endswith(".json")})
+    listed = os.path.join(args.cache, "models.txt")
+    if args.skip_export and os.path.exists(listed):
+        with open(listed) as f:
+            all_names = [line.strip() for line in f if line.strip()]
+    elif args.skip_export:
+        all_names = sorted({f.split(".")[0] for f in os.listdir(args.cache) if f.endswith(".json")})
     else:
         python = export_env(args.venv)
-        names = model_names(python)
-    names = select(names, args.models)
+        all_names = model_names(python)
+        with open(listed, "w") as f:
+            f.write("\n".join(all_names) + "\n")
+    names = select(all_names, args.models)
     if not args.skip_export:
         export(python, names, exporters, args.cache, args.timeout)
     if args.export_only:
         return 0
 
-    rows = {}
-    if os.path.exists(args.out):  # rows of other models and exporters are kept
-        rows = {(r["model"], r["exporter"]): r for r in _load(args.out).get("models", [])}
-    for name in names:
+    todo = names[args.shard[0]::args.shard[1]] if args.shard else names
+    for name in todo:
         for e in exporters:
             meta_path = os.path.join(args.cache, f"{name}.{e}.json")
             cached = os.path.join(results_dir, f"{name}.{e}.json")
-            meta = _load(meta_path) if os.path.exists(meta_path) else dict(status="failed", reason="not exported")
-            if meta.get("status") != "ok":
-                row = dict(model=name, exporter=e, ok=False, size=meta.get("size"),
-                           error=f"export {meta.get('status')}: {meta.get('reason')}", stage="export")
-            elif os.path.exists(cached) and (args.rerun == "none" or (args.rerun == "failed" and _load(cached).get("ok"))):
-                row = _load(cached)
-            else:
-                print(f"prune {name} ({e})", flush=True)
-                cmd = ["nice", "-n", "10", sys.executable, os.path.abspath(__file__), "--one",
-                       os.path.join(args.cache, f"{name}.{e}.onnx"), "--row-out", cached]
-                cmd += ["--no-keras"] * args.no_keras + ["--no-latency"] * args.no_latency
-                if os.path.exists(cached):
-                    os.remove(cached)
-                try:
-                    r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT,
-                                       env=dict(os.environ, PYTHONPATH=ROOT))
-                    fail = None if os.path.exists(cached) else f"the pruning process exited with {r.returncode}: {r.stderr.strip()[-500:]}"
-                except subprocess.TimeoutExpired:
-                    fail = f"pruning took longer than {args.timeout} s"
-                if fail:
-                    row = dict(model=name, exporter=e, ok=False, error=fail, stage="process")
-                    _write_json(cached, row)
-                else:
-                    row = _load(cached)
-                row["export_s"] = meta.get("export_s")
-            row.setdefault("size", meta.get("size"))
-            rows[(name, e)] = row
+            if not os.path.exists(meta_path) or _load(meta_path).get("status") != "ok":
+                continue  # an export failure is a row of its own (see collect)
+            if os.path.exists(cached) and (args.rerun == "none" or (args.rerun == "failed" and _load(cached).get("ok"))):
+                continue
+            print(f"prune {name} ({e})", flush=True)
+            cmd = ["nice", "-n", "10", sys.executable, os.path.abspath(__file__), "--one",
+                   os.path.join(args.cache, f"{name}.{e}.onnx"), "--row-out", cached]
+            cmd += ["--no-keras"] * args.no_keras + ["--no-latency"] * args.no_latency
+            if os.path.exists(cached):
+                os.remove(cached)
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT,
+                                   env=dict(os.environ, PYTHONPATH=ROOT))
+                fail = None if os.path.exists(cached) else f"the pruning process exited with {r.returncode}: {r.stderr.strip()[-500:]}"
+            except subprocess.TimeoutExpired:
+                fail = f"pruning took longer than {args.timeout} s"
+            if fail:
+                _write_json(cached, dict(model=name, exporter=e, ok=False, error=fail, stage="process"))
+            row = _load(cached)
             print(json.dumps({k: row.get(k) for k in ("model", "exporter", "ok", "macs_before", "macs_after",
                                                       "oracle_passed", "keras_matches", "error")}), flush=True)
-            ordered = sorted(rows.values(), key=lambda r: (r["model"], EXPORTERS.index(r["exporter"])))
-            _write_json(args.out, dict(summary=summarise(ordered), models=ordered))
-    print(json.dumps(summarise(list(rows.values())), indent=1))
+            write_results(args.out, all_names, exporters, args.cache)
+    print(json.dumps(write_results(args.out, all_names, exporters, args.cache), indent=1))
     return 0
+
+
+def collect(names, exporters, cache):
+    """One row per model and exporter, from the export records and the cached pruning results (the
+    source of truth, so that several runs can share a cache)."""
+    rows = []
+    for name in names:
+        for e in exporters:
+            meta_path = os.path.join(cache, f"{name}.{e}.json")
+            cached = os.path.join(cache, "results", f"{name}.{e}.json")
+            meta = _load(meta_path) if os.path.exists(meta_path) else None
+            if meta is None:
+                row = dict(model=name, exporter=e, ok=False, pending=True, error="not exported yet", stage="export")
+            elif meta.get("status") != "ok":
+                row = dict(model=name, exporter=e, ok=False, error=f"export {meta['status']}: {meta.get('reason')}",
+                           stage="export")
+            elif os.path.exists(cached):
+                row = _load(cached)
+            else:
+                row = dict(model=name, exporter=e, ok=False, pending=True, error="not pruned yet", stage="prune")
+            if meta:
+                row.setdefault("size", meta.get("size"))
+                row["export_s"] = meta.get("export_s")
+            rows.append(row)
+    return rows
+
+
+def write_results(out, names, exporters, cache):
+    rows = collect(names, exporters, cache)
+    summary = summarise(rows)
+    _write_json(out, dict(summary=summary, models=rows))
+    return summary
 
 
 if __name__ == "__main__":

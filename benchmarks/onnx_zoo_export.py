@@ -50,7 +50,7 @@ def export_one(name, exporter, model, x, path):
     import torch
 
     t0 = time.perf_counter()
-    tmp = path + ".tmp.onnx"
+    tmp = f"{path}.{os.getpid()}.tmp.onnx"
     if exporter == "torchscript":
         torch.onnx.export(model, (x,), tmp, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
     else:
@@ -108,7 +108,7 @@ def main(argv=None):
                 except Exception as e:  # noqa: BLE001 - a failure is a result
                     last = traceback.format_exception_only(type(e), e)[-1].strip()
                     meta.update(status="failed", reason=last[:2000])
-                    for p in (path + ".tmp.onnx", path + ".tmp.onnx.data"):
+                    for p in (f"{path}.{os.getpid()}.tmp.onnx", f"{path}.{os.getpid()}.tmp.onnx.data"):
                         if os.path.exists(p):
                             os.remove(p)
             _write_json(os.path.join(args.out, f"{name}.{exporter}.json"), meta)
