@@ -258,7 +258,7 @@ def prune_one(path, keras_check=True, measure=True):
 
 
 def _write_json(path, data):
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
     os.replace(tmp, path)
