@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 import spa_keras as spa
 from spa_keras.backends.onnx import apply_onnx_plan, run_onnx
 from spa_keras.frontends.onnx import from_onnx_model
-from spa_keras.frontends.onnx_ops import reshape_move
+from spa_keras.frontends.spec import reshape_move
 from test_onnx import check_onnx, conv_bn_relu, init, make, vin
 
 RNG = np.random.default_rng(1)
@@ -197,7 +197,7 @@ def test_a_pruned_model_onnxruntime_refuses_is_never_returned(monkeypatch):
     spec = og.specs[dw.name]
 
     def wrong_group(proto, w_, backend):  # a bug of the kind the check is there for
-        from spa_keras.frontends.onnx import _set_attr
+        from spa_keras.frontends.onnx.ops import set_attr as _set_attr
 
         _set_attr(proto, "group", 3)
 

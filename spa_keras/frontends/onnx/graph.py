@@ -21,6 +21,7 @@ from ...errors import InvalidArgumentError, ModelFileError, UnsupportedModelErro
 from ...graph import STAT, Graph, Node, Param
 from ..spec import Spec, check_finite
 from .ops import NCHW_OPS, SHAPE_OPS, OnnxCall, attr, describe
+from .preprocess import fold_static_shapes, untie_small_initializers
 
 def _without_constant_identities(model: onnx.ModelProto) -> onnx.ModelProto:
     """PyTorch's TorchScript exporter passes some weights through ``Identity`` nodes; read them as the
@@ -65,9 +66,13 @@ class OnnxGraph:
     """
 
     def __init__(self, model: onnx.ModelProto):
-        model = _without_constant_identities(model)
-        self.model = model
+        model = untie_small_initializers(_without_constant_identities(model))
         g, self.shapes = inferred_graph(model)
+        folded = fold_static_shapes(model, self.shapes)
+        if folded is not model:
+            model = folded
+            g, self.shapes = inferred_graph(model)
+        self.model = model
         self.arrays = {i.name: numpy_helper.to_array(i) for i in g.initializer}
         for node in g.node:
             if node.op_type == "Constant" and attr(node, "value") is not None:
