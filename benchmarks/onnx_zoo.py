@@ -41,6 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)  # this checkout's spa_keras, not an installed one
 CACHE = os.path.expanduser("~/.cache/spa_keras")
 EXPORTERS = ("torchscript", "dynamo")
 
