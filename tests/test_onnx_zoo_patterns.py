@@ -228,3 +228,38 @@ def test_a_pruned_model_that_differs_from_the_oracle_is_never_returned(monkeypat
     monkeypatch.setattr(plan, "keep_indices", shifted)
     with pytest.raises(spa.RebuildError, match="oracle"):
         apply_onnx_plan(og, plan)
+
+
+def test_even_split_of_opset_18_gets_explicit_sizes():
+    """The dynamo exporter writes torch.chunk as Split(num_outputs=2): after pruning the halves may keep
+    different widths, so the sizes are written out (ShuffleNetV2 split its stream this way)."""
+    n1, i1, a = conv_bn_relu("x", "c1", 3, 8)
+    nodes = n1 + [helper.make_node("Split", [a], ["s1", "s2"], axis=1, num_outputs=2)]
+    n2, i2, b = conv_bn_relu("s2", "c2", 4, 4)
+    nodes += n2 + [helper.make_node("Concat", ["s1", b], ["cat"], axis=1)]
+    n3, i3, out = conv_bn_relu("cat", "c3", 8, 2, relu=False)
+    model = make(nodes + n3, i1 + i2 + i3, [vin("x", 1, 3, 6, 6)], [vin(out, 1, 2, 6, 6)], opset=18)
+    slim, plan = check_onnx(model)
+    split = [n for n in slim.graph.node if n.op_type == "Split"][0]
+    assert "num_outputs" not in [a.name for a in split.attribute] and len(split.input) == 2
+
+
+def test_from_onnx_converts_channel_slices_and_ceil_mode_max_pool():
+    """GoogLeNet and SqueezeNet pool with ceil_mode=1; ShuffleNetV2 (TorchScript) slices its stream."""
+    n1, i1, a = conv_bn_relu("x", "c1", 3, 8)
+    nodes = n1 + [
+        helper.make_node("MaxPool", [a], ["p"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+        helper.make_node("Slice", ["p", "st", "en", "ax"], ["lo"]),
+        helper.make_node("Slice", ["p", "st2", "en2", "ax2", "sp2"], ["hi"]),  # every other row, channels 4:
+        helper.make_node("ReduceMean", ["lo"], ["mlo"], axes=[2, 3], keepdims=0),
+        helper.make_node("ReduceMean", ["hi"], ["mhi"], axes=[2, 3], keepdims=0),
+        helper.make_node("Concat", ["mlo", "mhi"], ["y"], axis=1),
+    ]
+    inits = i1 + [ints("st", [0]), ints("en", [4]), ints("ax", [1]), ints("st2", [4, 0]),
+                  ints("en2", [9223372036854775807, 9223372036854775807]), ints("ax2", [1, 2]), ints("sp2", [1, 2])]
+    model = make(nodes, inits, [vin("x", 1, 3, 8, 8)], [vin("y", 1, 8)])
+    k = spa.from_onnx(model)
+    x = RNG.standard_normal((1, 3, 8, 8)).astype("float32")
+    np.testing.assert_allclose(np.asarray(k(x)), run_onnx(model, x)[0], rtol=1e-5, atol=1e-6)
+    slim, plan = check_onnx(model)
+    np.testing.assert_allclose(np.asarray(spa.from_onnx(slim)(x)), run_onnx(slim, x)[0], rtol=1e-5, atol=1e-6)

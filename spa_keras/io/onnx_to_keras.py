@@ -164,7 +164,7 @@ class _Converter:
         layer.set_weights(weights + ([b] if b is not None else []))
         self.set(node.output[0], y, NHWC)
 
-    def pads(self, node, x, kernel, value):
+    def pads(self, node, x, kernel, value, extra=(0, 0)):
         auto = attr(node, "auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         if auto in ("SAME_UPPER",):
@@ -174,6 +174,8 @@ class _Converter:
         if auto == "SAME_LOWER":
             raise UnsupportedModelError("auto_pad SAME_LOWER has no Keras equivalent")
         p = list(attr(node, "pads", [0, 0, 0, 0]))
+        p[2] += extra[0]
+        p[3] += extra[1]
         if any(p):
             (t, left, bot, right) = p
             if value == 0.0:
@@ -197,14 +199,31 @@ class _Converter:
 
     def pool(self, node, cls, value):
         x = self.nhwc(node.input[0])
+        k = tuple(attr(node, "kernel_shape"))
+        extra = (0, 0)
         if attr(node, "ceil_mode", 0):
-            raise UnsupportedModelError(f"{node.op_type} with ceil_mode=1 is not converted")
+            if node.op_type != "MaxPool":
+                raise UnsupportedModelError(f"{node.op_type} with ceil_mode=1 is not converted")
+            extra = self._ceil_pads(node, k)  # ceil mode = floor mode over -inf padding at the end
         if node.op_type == "AveragePool" and any(attr(node, "pads", [])) and not attr(node, "count_include_pad", 0):
             raise UnsupportedModelError("AveragePool with padding and count_include_pad=0 is not converted")
-        k = tuple(attr(node, "kernel_shape"))
-        x, padding = self.pads(node, x, k, value)
+        x, padding = self.pads(node, x, k, value, extra)
         y = cls(k, strides=tuple(attr(node, "strides", k)), padding=padding, name=self.layer_name(node))(x)
         self.set(node.output[0], y, NHWC)
+
+    def _ceil_pads(self, node, kernel):
+        """Padding to add at the bottom and right so that floor mode gives ceil mode's output size."""
+        src, dst = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+        if not src or not dst or None in src[2:] or None in dst[2:]:
+            raise UnsupportedModelError(f"{node.op_type} with ceil_mode=1 on a tensor of unknown size is not converted")
+        strides = list(attr(node, "strides", kernel))
+        dil = list(attr(node, "dilations", [1] * len(kernel)))
+        p = list(attr(node, "pads", [0] * 2 * len(kernel)))
+        extra = []
+        for i in range(2):
+            need = (dst[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1
+            extra.append(max(0, need - (src[2 + i] + p[i] + p[i + 2])))
+        return tuple(extra)
 
     @converts("MaxPool")
     def op_MaxPool(self, node):
@@ -372,6 +391,25 @@ class _Converter:
         indices = list(np.cumsum(sizes)[:-1]) if sizes is not None else n
         for o, y in zip(node.output, self.k.ops.split(x, indices, axis=k_axis)):
             self.set(o, y, layout)
+
+    @converts("Slice")
+    def op_Slice(self, node):
+        rank = self.rank(node.input[0])
+        starts, ends = (np.ravel(self.const(n)) for n in node.input[1:3])
+        axes = np.ravel(self.const(node.input[3])) if len(node.input) > 3 and node.input[3] else range(len(starts))
+        steps = np.ravel(self.const(node.input[4])) if len(node.input) > 4 and node.input[4] else [1] * len(starts)
+        x, layout = self.t[node.input[0]]
+        nhwc = layout == NHWC and len(x.shape) == 4
+        where = {1: 3, 2: 1, 3: 2} if nhwc else {}
+        index = [slice(None)] * len(x.shape)
+        big = 2**62
+        for a, st, en, sp in zip(axes, starts, ends, steps):
+            a = int(a) % rank
+            if a == 0:
+                continue  # the batch axis: PyTorch's exports never slice it
+            st, en, sp = int(st), int(en), int(sp)
+            index[where.get(a, a)] = slice(st, None if abs(en) >= big else en, sp)
+        self.set(node.output[0], x[tuple(index)], layout)
 
     @converts("Reshape")
     def op_Reshape(self, node):

@@ -304,6 +304,14 @@ def _split(c: OnnxCall):
             proto.input[1] = backend.add_constant(f"{proto.input[1]}__{proto.name or 'split'}", sizes)
         elif attr(proto, "split") is not None:
             set_attr(proto, "split", [int(s) for s in sizes])
+        else:  # opset 18's num_outputs splits evenly: the kept widths may differ, so they are written out
+            for a in [a for a in proto.attribute if a.name == "num_outputs"]:
+                proto.attribute.remove(a)
+            name = backend.add_constant(f"{proto.name or 'split'}__sizes", sizes)
+            if len(proto.input) > 1:
+                proto.input[1] = name
+            else:
+                proto.input.append(name)
 
     return Spec("split", resize=fix), outs
 
