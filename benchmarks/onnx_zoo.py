@@ -179,6 +179,24 @@ def _code_version():
         return None
 
 
+def slim_path(path):
+    return os.path.join(os.path.dirname(path), "slim", os.path.basename(path))
+
+
+def latency_one(path, row_path):
+    """Add onnxruntime latencies to a cached row from the original file and the slim one it saved."""
+    import numpy as np
+    import onnx
+
+    row = _load(row_path)
+    base = os.path.basename(path)[: -len(".onnx")]
+    io_path = os.path.join(os.path.dirname(path), f"{base.rsplit('.', 1)[0]}.io.npz")
+    x = np.load(io_path)["x"]
+    row["latency"] = dict(original=latency(onnx.load(path), x), slim=latency(onnx.load(slim_path(path)), x))
+    _write_json(row_path, row)
+    return row
+
+
 def prune_one(path, keras_check=True, measure=True):
     """Everything measured for one ONNX file, as a dict (exceptions are caught stage by stage)."""
     import gc
@@ -243,6 +261,9 @@ def prune_one(path, keras_check=True, measure=True):
 
             keras.backend.clear_session()
             gc.collect()
+        stage = "save"
+        os.makedirs(os.path.join(os.path.dirname(path), "slim"), exist_ok=True)
+        onnx.save(slim, slim_path(path))  # for a later latency pass (--latency-only)
         if measure:
             stage = "latency"
             before, after = latency(og.model, x), latency(slim, x)
@@ -314,10 +335,15 @@ def main(argv=None):
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--shard", type=lambda v: tuple(int(x) for x in v.split("/")), default=None,
                     help="K/N: prune every N-th model from the K-th (to run N processes side by side)")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="measure latency for cached rows that passed and have none (after a --no-latency run)")
     ap.add_argument("--one", help="prune one .onnx file and print its row (what each subprocess runs)")
     ap.add_argument("--row-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
+    if args.one and args.latency_only:
+        print(json.dumps(latency_one(args.one, args.row_out)), flush=True)
+        return 0
     if args.one:
         row = prune_one(args.one, keras_check=not args.no_keras, measure=not args.no_latency)
         if args.row_out:
@@ -353,6 +379,14 @@ def main(argv=None):
             cached = os.path.join(results_dir, f"{name}.{e}.json")
             if not os.path.exists(meta_path) or _load(meta_path).get("status") != "ok":
                 continue  # an export failure is a row of its own (see collect)
+            if args.latency_only:
+                if os.path.exists(cached) and _load(cached).get("ok") and not _load(cached).get("latency"):
+                    print(f"latency {name} ({e})", flush=True)
+                    subprocess.run(["nice", "-n", "10", sys.executable, os.path.abspath(__file__), "--latency-only",
+                                    "--one", os.path.join(args.cache, f"{name}.{e}.onnx"), "--row-out", cached],
+                                   capture_output=True, timeout=args.timeout, cwd=ROOT)
+                    write_results(args.out, all_names, exporters, args.cache)
+                continue
             if os.path.exists(cached) and (args.rerun == "none" or (args.rerun == "failed" and _load(cached).get("ok"))):
                 continue
             print(f"prune {name} ({e})", flush=True)
