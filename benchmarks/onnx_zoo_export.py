@@ -94,7 +94,9 @@ def main(argv=None):
         with torch.no_grad():
             y = model(x)
         y = y[0] if isinstance(y, (tuple, list)) else y
-        np.savez(os.path.join(args.out, f"{name}.io.npz"), x=x.numpy(), y=y.numpy())
+        io_tmp = os.path.join(args.out, f"{name}.io.{os.getpid()}.tmp.npz")
+        np.savez(io_tmp, x=x.numpy(), y=y.numpy())
+        os.replace(io_tmp, os.path.join(args.out, f"{name}.io.npz"))
         for exporter in todo:
             path = os.path.join(args.out, f"{name}.{exporter}.onnx")
             meta = dict(model=name, exporter=exporter, size=size, params=n_params, torch=torch.__version__,
