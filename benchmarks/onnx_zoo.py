@@ -39,6 +39,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import onnx  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # this checkout's spa_keras, not an installed one
@@ -197,12 +199,47 @@ def latency_one(path, row_path):
     return row
 
 
+def sensitise(model, seed=0):
+    """The model with random values in place of every float initializer whose elements are all equal.
+
+    torchvision's ``weights=None`` models start from constants that hide channels from any check at
+    the output: ViT's head is all zeros (its output does not depend on the input at all), ConvNeXt and
+    MaxViT scale each residual branch by 1e-6, norms hold ones and biases zeros. An oracle or a Keras
+    conversion that was wrong about such a channel would still match. Zeros become N(0, 0.02), other
+    constants ``c`` become ``c * U(0.5, 1.5)`` (``U(0.5, 1.5)`` when ``|c| < 1e-3``); initializers of
+    fewer than 8 elements (shapes, scales) are kept. Shared initializers are untied first."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from spa_keras.frontends.onnx.preprocess import untie_small_initializers
+
+    untied = untie_small_initializers(model)
+    if untied is model:
+        import copy
+
+        untied = copy.deepcopy(model)
+    model = untied
+    rng = np.random.default_rng(seed)
+    for init in model.graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < 8:
+            continue
+        value = numpy_helper.to_array(init)
+        c = float(value.flat[0])
+        if not np.all(value == c):
+            continue
+        if c == 0:
+            new = rng.normal(0, 0.02, value.shape)
+        else:
+            new = rng.uniform(0.5, 1.5, value.shape) * (1.0 if abs(c) < 1e-3 else c)
+        init.CopyFrom(numpy_helper.from_array(new.astype(np.float32), init.name))
+    return model
+
+
 def prune_one(path, keras_check=True, measure=True):
     """Everything measured for one ONNX file, as a dict (exceptions are caught stage by stage)."""
     import gc
 
     import numpy as np
-    import onnx
 
     import spa_keras as spa
     from spa_keras.backends.onnx import apply_onnx_plan, run_onnx, verify_onnx
@@ -224,6 +261,7 @@ def prune_one(path, keras_check=True, measure=True):
             row["export_max_abs_diff"] = float(np.abs(run_onnx(model, x)[0] - io["y"]).max())
         else:
             x = np.random.default_rng(1).standard_normal(shape).astype("float32")
+        model = sensitise(model)
         stage = "read"
         t0 = time.perf_counter()
         og = from_onnx_model(model)

@@ -411,6 +411,31 @@ class _Converter:
             index[where.get(a, a)] = slice(st, None if abs(en) >= big else en, sp)
         self.set(node.output[0], x[tuple(index)], layout)
 
+    @converts("Pad")
+    def op_Pad(self, node):
+        mode = attr(node, "mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode not in ("constant", "reflect"):
+            raise UnsupportedModelError(f"Pad mode {mode!r} is not converted")
+        rank = self.rank(node.input[0])
+        pads = np.ravel(self.const(node.input[1])) if len(node.input) > 1 and node.input[1] else np.ravel(attr(node, "pads"))
+        value = float(np.ravel(self.const(node.input[2]))[0]) if len(node.input) > 2 and node.input[2] else 0.0
+        axes = [int(a) % rank for a in np.ravel(self.const(node.input[3]))] if len(node.input) > 3 and node.input[3] \
+            else list(range(rank))
+        x, layout = self.t[node.input[0]]
+        where = {1: 3, 2: 1, 3: 2} if layout == NHWC and len(x.shape) == 4 else {}
+        width = [[0, 0] for _ in range(len(x.shape))]
+        n = len(axes)
+        for i, a in enumerate(axes):
+            width[where.get(a, a)] = [int(pads[i]), int(pads[i + n])]
+        if not any(any(w) for w in width):
+            self.set(node.output[0], x, layout)
+            return
+        if width[0] != [0, 0]:
+            raise UnsupportedModelError("Pad of the batch axis is not converted")
+        y = self.k.ops.pad(x, width, mode=mode, constant_values=value if mode == "constant" else None)
+        self.set(node.output[0], y, layout)
+
     @converts("Reshape")
     def op_Reshape(self, node):
         shape = [int(s) for s in self.const(node.input[1])]

@@ -22,7 +22,7 @@ from ...errors import InvalidArgumentError, ModelFileError, UnsupportedModelErro
 from ...graph import STAT, Graph, Node, Param
 from ..spec import Spec, check_finite
 from .ops import NCHW_OPS, SHAPE_OPS, OnnxCall, attr, describe
-from .preprocess import fold_static_shapes, untie_small_initializers
+from .preprocess import fill_shapes, fold_static_shapes, runtime_shapes, untie_small_initializers
 
 def _without_constant_identities(model: onnx.ModelProto) -> onnx.ModelProto:
     """PyTorch's TorchScript exporter passes some weights through ``Identity`` nodes; read them as the
@@ -97,10 +97,15 @@ class OnnxGraph:
     def __init__(self, model: onnx.ModelProto):
         model = untie_small_initializers(_without_constant_identities(model))
         g, self.shapes = inferred_graph(model)
-        folded = fold_static_shapes(model, self.shapes)
-        if folded is not model:
+        seen = runtime_shapes(model, self.shapes, g)  # what inference could not work out, from one run
+        fill_shapes(self.shapes, seen)
+        for _ in range(8):  # folding a shape can make the next ones static: until nothing changes
+            folded = fold_static_shapes(model, self.shapes)
+            if folded is model:
+                break
             model = folded
             g, self.shapes = inferred_graph(model)
+            fill_shapes(self.shapes, seen)
         self.model = model
         self.arrays = {i.name: numpy_helper.to_array(i) for i in g.initializer}
         for node in g.node:

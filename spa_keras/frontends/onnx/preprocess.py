@@ -15,6 +15,8 @@ FOLDABLE = {
     "Shape", "Size", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Cast", "Add", "Sub", "Mul",
     "Div", "Mod", "Neg", "Abs", "Floor", "Ceil", "Sqrt", "Equal", "Less", "Greater", "Where", "Not", "And", "Or",
     "Min", "Max", "Range", "ConstantOfShape", "Expand", "ReduceProd", "Identity", "Pow", "Reciprocal",
+    "Transpose", "Tile", "Flatten", "ReduceSum", "ReduceMax", "ReduceMin", "Sign", "Clip", "GreaterOrEqual",
+    "LessOrEqual", "Xor", "Trilu", "CumSum", "Round", "Softmax", "Exp", "Log",
 }  # fmt: skip
 FOLD_LIMIT = 64  # elements: shape vectors and scalars, never weights
 
@@ -132,3 +134,52 @@ def untie_small_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
                 if inp == x:
                     node.input[i] = name
     return model
+
+
+def runtime_shapes(model: onnx.ModelProto, shapes: dict, graph) -> dict:
+    """The real shapes of the tensors that shape inference leaves unknown, from one onnxruntime run at
+    the declared input shapes, when every input dimension is declared (the graph is then static and
+    any unknown is a gap of inference, not a dynamic size). ``{}`` when nothing is missing or the
+    model cannot be run."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in inits]
+    for vi in inputs:
+        dims = vi.type.tensor_type.shape.dim
+        if not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            return {}
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(graph.value_info) + list(graph.output)}
+    missing = [o for n in model.graph.node for o in n.output
+               if o and (shapes.get(o) is None or None in shapes[o]) and types.get(o)]
+    if not missing:
+        return {}
+    try:
+        import onnxruntime as ort
+
+        probe = copy_model(model)
+        known = {o.name for o in probe.graph.output}
+        probe.graph.output.extend(onnx.helper.make_tensor_value_info(o, types[o], None) for o in missing if o not in known)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        feeds = {}
+        for vi in inputs:
+            shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating) \
+                else np.zeros(shape, dtype)
+        names = [o.name for o in session.get_outputs()]
+        values = session.run(missing, feeds) if set(missing) <= set(names) else []
+    except Exception:  # noqa: BLE001 - a gap of inference stays a gap
+        return {}
+    return {name: list(np.shape(v)) for name, v in zip(missing, values)}
+
+
+def fill_shapes(shapes: dict, known: dict) -> dict:
+    """``shapes`` with the unknown ones taken from ``known`` (same rank or no shape at all)."""
+    for name, dims in known.items():
+        have = shapes.get(name)
+        if have is None or (len(have) == len(dims) and None in have):
+            shapes[name] = list(dims)
+    return shapes
