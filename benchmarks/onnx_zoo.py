@@ -291,7 +291,8 @@ def prune_one(path, keras_check=True, measure=True):
                 want = run_onnx(slim, x)[0]
                 got = np.asarray(k(x))
                 row["keras_max_abs_diff"] = float(np.abs(got - want).max())
-                row["keras_matches"] = bool(row["keras_max_abs_diff"] <= 1e-3 * max(1.0, float(np.abs(want).max())))
+                row["keras_scale"] = float(np.abs(want).max())
+                row["keras_matches"] = bool(row["keras_max_abs_diff"] <= 1e-3 * max(row["keras_scale"], 1e-30))
                 del k
             except spa.PruningError as e:
                 row["keras_matches"], row["keras_error"] = False, f"{type(e).__name__}: {e}"[:500]
