@@ -263,3 +263,27 @@ def test_from_onnx_converts_channel_slices_and_ceil_mode_max_pool():
     np.testing.assert_allclose(np.asarray(k(x)), run_onnx(model, x)[0], rtol=1e-5, atol=1e-6)
     slim, plan = check_onnx(model)
     np.testing.assert_allclose(np.asarray(spa.from_onnx(slim)(x)), run_onnx(slim, x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_shapes_inference_cannot_work_out_are_read_from_one_run():
+    """Swin's window padding (TorchScript) computes its pads from shapes that ONNX shape inference
+    leaves unknown; in a static graph they are read from one onnxruntime run, then folded, so the Pad
+    is understood and the channels through it prune. from_onnx converts the Pad."""
+    n1, i1, a = conv_bn_relu("x", "c1", 3, 8)
+    nodes = n1 + [
+        helper.make_node("NonZero", ["mask"], ["nz"]),  # (2, 3): known only by running it
+        helper.make_node("Shape", ["nz"], ["nz_shape"]),
+        helper.make_node("Gather", ["nz_shape", "i1"], ["k"], axis=0),
+        helper.make_node("Unsqueeze", ["k", "ax0"], ["k1"]),
+        helper.make_node("Concat", ["zeros6", "k1", "k1"], ["pads"], axis=0),
+        helper.make_node("Pad", [a, "pads"], ["padded"], mode="constant"),
+    ]
+    n2, i2, out = conv_bn_relu("padded", "c2", 8, 2, relu=False)
+    inits = i1 + i2 + [numpy_helper.from_array(np.array([[1, 0, 1, 1]], np.float32), "mask"), ints("i1", 1),
+                       ints("ax0", [0]), ints("zeros6", [0] * 6)]
+    model = make(nodes + n2, inits, [vin("x", 1, 3, 6, 6)], [vin(out, 1, 2, 9, 9)])
+    assert not any("Pad" in r for r in reasons(model))
+    slim, plan = check_onnx(model)
+    assert len(plan.removed()["c1_c"]) == 4
+    x = RNG.standard_normal((1, 3, 6, 6)).astype("float32")
+    np.testing.assert_allclose(np.asarray(spa.from_onnx(slim)(x)), run_onnx(slim, x)[0], rtol=1e-5, atol=1e-6)
