@@ -3,19 +3,16 @@
 >>> import keras, spa_keras as spa
 >>> model = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3))
 >>> slim = spa.prune(model, ratio=0.5, criterion="l2")
+
+Names are imported on first use (``spa.prune`` loads Keras and TensorFlow; ``import spa_keras`` alone
+loads neither, nor ONNX, tf2onnx or torch), so the ``spa-keras`` command answers ``--help`` at once.
 """
 
-from . import callbacks
-from .api import Inspection, Pruner, apply, disable_model_prune, enable_model_prune, inspect, plan, prune
-from .config import PruningConfig
-from .callbacks import GroupSparsity, PruningCallback, strip
-from . import datasets
-from .io import export_for_serving, from_onnx, to_onnx
-from .finetune import finetune
-from .frontends.keras import Spec as LayerSpec
-from .frontends.keras import register_layer
-from .graph import AxisRef
-from .errors import (
+import os as _os
+
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+
+from .errors import (  # noqa: E402 - errors are light and needed everywhere
     CalibrationDataError,
     InvalidArgumentError,
     ModelFileError,
@@ -25,15 +22,44 @@ from .errors import (
     RebuildError,
     UnsupportedModelError,
 )
-from .plan import PruningPlan
-from .report import Report
+
+from . import plan as _plan_module  # noqa: E402, F401 - loaded now so that it never shadows spa.plan (NumPy only)
+
+del plan  # the name is spa.plan, the function (see __getattr__); the module stays spa_keras.plan
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "prune", "plan", "apply", "inspect", "Inspection", "Pruner", "PruningConfig", "enable_model_prune",
-    "disable_model_prune", "PruningPlan", "Report", "register_layer", "LayerSpec",
-    "AxisRef", "callbacks", "PruningCallback", "GroupSparsity", "strip", "finetune", "from_onnx", "to_onnx", "export_for_serving", "datasets",
+#: public name -> (module, attribute); attribute None: the module itself
+_LAZY = {
+    "prune": ("api", "prune"), "plan": ("api", "plan"), "apply": ("api", "apply"), "inspect": ("api", "inspect"),
+    "Inspection": ("api", "Inspection"), "Pruner": ("api", "Pruner"),
+    "enable_model_prune": ("api", "enable_model_prune"), "disable_model_prune": ("api", "disable_model_prune"),
+    "PruningConfig": ("config", "PruningConfig"), "PruningPlan": ("plan", "PruningPlan"),
+    "Report": ("report", "Report"), "register_layer": ("frontends.keras", "register_layer"),
+    "LayerSpec": ("frontends.spec", "Spec"), "AxisRef": ("graph", "AxisRef"),
+    "callbacks": ("callbacks", None), "PruningCallback": ("callbacks", "PruningCallback"),
+    "GroupSparsity": ("callbacks", "GroupSparsity"), "strip": ("callbacks", "strip"),
+    "finetune": ("finetune", "finetune"), "from_onnx": ("io", "from_onnx"), "to_onnx": ("io", "to_onnx"),
+    "export_for_serving": ("io", "export_for_serving"), "datasets": ("datasets", None),
+}
+
+__all__ = sorted(_LAZY) + [
     "PruningError", "InvalidArgumentError", "RebuildError", "UnsupportedModelError", "CalibrationDataError",
     "ModelFileError", "NonFiniteWeightsError", "OutputExistsError",
 ]
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'spa_keras' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    value = importlib.import_module(f".{module}", __name__)
+    value = value if attr is None else getattr(value, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,56 +1,94 @@
-"""The public face: ``prune``, ``plan``, ``apply``, ``inspect``, ``Pruner``, and the opt-in ``model.prune``."""
+"""The public face: ``prune``, ``plan``, ``apply``, ``inspect``, ``Pruner``, and the opt-in ``model.prune``.
+
+Their options are those of :data:`spa_keras.config.OPTIONS` (defaults, checks and meanings are defined
+there once); this module only orders the work: read the model, score, select, let an algorithm
+compensate, write.
+"""
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
-import math
 import os
-import warnings
 
-import numpy as np
-
-from . import criteria as _criteria
-from .backends.keras import apply_plan
+from . import config as _config
+from .config import DATA, RECIPE, RUN, PruningConfig, resolve
 from .errors import InvalidArgumentError, OutputExistsError
-from .frontends.keras import KerasGraph, from_keras
-from .frontends.onnx import OnnxGraph, from_onnx_model
 from .graph import analyse
 from .metrics import count_macs, count_params
-from .plan import PruningPlan, select
-from .criteria import normalize
+from .plan import PruningPlan, resolve_target, search, select
 from .report import Report, held_fixed
-from .config import PruningConfig
 
 
-def _resolve_ignored(kg: KerasGraph, ignored_layers) -> set:
+def _is_onnx(model) -> bool:
+    """An ``onnx.ModelProto`` (checked by module, so that ONNX is not imported for Keras models)."""
+    return type(model).__module__.startswith("onnx")
+
+
+def _frontend_options(cfg: PruningConfig | None) -> dict:
+    return {"prune_layer_norm": bool(cfg is not None and cfg.prune_layer_norm)}
+
+
+def read_model(model, cfg: PruningConfig | None = None):
+    """The frontend graph (a :class:`~spa_keras.frontends.base.ModelView`) of a ``keras.Model``, a
+    ``.keras``/``.h5`` path, an ``onnx.ModelProto`` or a ``.onnx`` path; a graph already read passes
+    through when it was read with the same options."""
+    from .frontends.base import ModelView
+
+    options = _frontend_options(cfg)
+    if isinstance(model, ModelView):
+        if getattr(model, "options", options) == options:
+            return model
+        model = model.model  # read again with other options
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if path.endswith(".onnx"):
+            from .frontends.onnx import from_onnx_model
+
+            return from_onnx_model(path)
+        from .io import load_model
+
+        model = load_model(path)
+    if _is_onnx(model):
+        from .frontends.onnx import from_onnx_model
+
+        return from_onnx_model(model)
+    from .frontends.keras import from_keras
+
+    return from_keras(model, **options)
+
+
+def _layer_nodes(view) -> dict:
+    """``{layer name: node names}``; a layer of a nested model answers to its own name too."""
+    names = {}
+    for node in view.graph.nodes:
+        names.setdefault(node.layer, []).append(node.name)
+        if "/" in node.layer:
+            names.setdefault(node.layer.rsplit("/", 1)[1], []).append(node.name)
+    return names
+
+
+def _resolve_ignored(view, ignored_layers) -> set:
+    import difflib
+
     if not ignored_layers:
         return set()
-    names = {}
-    for node in kg.graph.nodes:
-        names.setdefault(node.layer, []).append(node.name)
-        layer = node.ref[0] if isinstance(node.ref, tuple) else None
-        if layer is not None:
-            names.setdefault(id(layer), []).append(node.name)
+    names = _layer_nodes(view)
     out = set()
-    for item in ignored_layers:
-        key = item if isinstance(item, str) else id(item)
-        if key not in names:
-            label = item if isinstance(item, str) else getattr(item, "name", repr(item))
-            close = difflib.get_close_matches(str(label), [n for n in names if isinstance(n, str)], n=3)
+    for name in ignored_layers:
+        if name not in names:
+            close = difflib.get_close_matches(name, list(names), n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise InvalidArgumentError(
-                f"ignored_layers names {label!r}, which is not a layer of model {kg.graph.name!r}.{hint}"
-            )
-        out.update(names[key])
+            raise InvalidArgumentError(f"ignored_layers names {name!r}, which is not a layer of model "
+                                       f"{view.graph.name!r}.{hint}")
+        out.update(names[name])
     return out
 
 
-def _resolve_ratio_per_layer(kg: KerasGraph, analysis, ratio_per_layer) -> dict:
+def _resolve_ratio_per_layer(view, analysis, ratio_per_layer) -> dict:
     """``{group id: ratio}`` from ``{layer name or fnmatch pattern: ratio}`` (first matching key wins)."""
     if not ratio_per_layer:
         return {}
-    layer_of = {n.name: n.layer for n in kg.graph.nodes}
+    layer_of = {n.name: n.layer for n in view.graph.nodes}
     out, used = {}, set()
     for g in analysis.groups:
         layers = [layer_of.get(name, name) for name in g.nodes]
@@ -59,158 +97,69 @@ def _resolve_ratio_per_layer(kg: KerasGraph, analysis, ratio_per_layer) -> dict:
                 out[g.id] = r
                 used.add(key)
                 break
-    unknown = [k for k in ratio_per_layer if k not in used and not any(fnmatch.fnmatchcase(n.layer, k) for n in kg.graph.nodes)]
+    unknown = [k for k in ratio_per_layer
+               if k not in used and not any(fnmatch.fnmatchcase(n.layer, k) for n in view.graph.nodes)]
     if unknown:
-        raise InvalidArgumentError(
-            f"ratio_per_layer names {unknown[0]!r}, which matches no layer of model {kg.graph.name!r}"
-        )
+        raise InvalidArgumentError(f"ratio_per_layer names {unknown[0]!r}, which matches no layer of model "
+                                   f"{view.graph.name!r}")
     return out
 
 
-def _target_value(name, value, base) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise InvalidArgumentError(f"{name} must be positive: a fraction of the model (0.5) or an absolute count")
-    target = v * base if v <= 1 else v
-    if target > base:
-        raise InvalidArgumentError(f"{name}={value!r} is more than the model has ({base:,})")
-    return target
+def _scores(view, analysis, cfg: PruningConfig):
+    from . import criteria
+
+    score_fn = criteria.get(cfg.criterion)
+    context = {}
+    if getattr(score_fn, "needs", ()):
+        if cfg.data is None:
+            raise InvalidArgumentError(f"criterion {cfg.criterion!r} needs data: pass data=... to spa.plan/prune")
+        context["gradient"], context["fisher"] = view.gradient_stats(cfg.data, cfg.loss)
+    if cfg.normalization != "auto":
+        context["normalization"] = cfg.normalization
+    return score_fn(analysis, view.weight, reduction=cfg.group_reduction, **context)
 
 
-def _search(analysis, scores, measure, target, **options) -> PruningPlan:
-    """The plan that lands closest to ``target``: bisection on the ratio (the measure falls as the ratio
-    grows), then, where one ratio step moves many groups at once (a DenseNet's 32-channel groups), the
-    classes between the two bracketing plans are added one by one, least important first."""
-    lo, hi = 0.0, 0.999
-    above = below = best = None
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        p = select(analysis, scores, ratio=mid, **options)
-        value = measure(p)
-        if best is None or abs(value - target) < abs(best[1] - target):
-            best = (p, value)
-        if abs(value - target) <= 1e-4 * target:
-            break
-        if value > target:
-            lo, above = mid, p
-        else:
-            hi, below = mid, p
-    if abs(best[1] - target) > 1e-3 * target and above is not None and below is not None and options.get("round_to", 1) == 1:
-        extra = np.nonzero(below.removed_classes & ~above.removed_classes)[0]
-        extra = extra[np.argsort(normalize(scores, analysis, "mean")[extra], kind="stable")]
-        k_lo, k_hi = 0, len(extra)
-        while k_lo < k_hi:
-            k = (k_lo + k_hi) // 2
-            removed = above.removed_classes.copy()
-            removed[extra[:k]] = True
-            p = PruningPlan(analysis, removed, above.settings)
-            value = measure(p)
-            if abs(value - target) < abs(best[1] - target):
-                best = (p, value)
-            k_lo, k_hi = (k + 1, k_hi) if value > target else (k_lo, k)
-    if abs(best[1] - target) > 0.01 * target and above is not None and options.get("round_to", 1) == 1:
-        best = _fill(analysis, scores, measure, target, above, best, options.get("max_ratio", 1.0))
-    p, value = best
-    if abs(value - target) > 0.01 * target:
-        warnings.warn(
-            f"the target ({target:,.0f}) could not be reached within 1%: the closest plan has {value:,.0f} "
-            "(the groups are too coarse, or max_ratio/ignored_layers hold too much)"
-        )
-    return p
+def _plan(model, cfg: PruningConfig, verbose=None):
+    """``(plan, post)``: the plan, and the post-training run that made it (None without an algorithm),
+    which :func:`prune` asks to finish the written model."""
+    view = read_model(model, cfg)
+    analysis = analyse(view.graph, fixed_nodes=_resolve_ignored(view, cfg.ignored_layers))
+    algorithm = cfg.algorithm or ("obspa" if cfg.calibration_data is not None else None)
+    post = None
+    if algorithm is not None:
+        from .algorithms import PostTraining
+
+        post = PostTraining(algorithm, view, cfg.calibration_data, cfg.calibration_samples, cfg.data_free,
+                            cfg.algorithm_options, verbose)
+    scores = _scores(view, analysis, cfg)
+    if post is not None:
+        scores = post.scores(analysis, scores)
+    options = dict(global_pruning=cfg.global_pruning, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
+                   group_ratios=_resolve_ratio_per_layer(view, analysis, cfg.ratio_per_layer))
+    if cfg.target_macs is not None or cfg.target_params is not None:
+        counter, name = (count_macs, "target_macs") if cfg.target_macs is not None else (count_params, "target_params")
+        base = counter(view.graph)
+        goal = resolve_target(name, getattr(cfg, name), base)
+        result = search(analysis, scores, lambda p: counter(view.graph, p), goal, **options)
+        result.record(target=goal, base=base, reached=counter(view.graph, result), measure=name[7:])
+    else:
+        result = select(analysis, scores, cfg.ratio, **options)
+    criterion = cfg.criterion if isinstance(cfg.criterion, str) else getattr(cfg.criterion, "__name__", "custom")
+    result.attach(view).record(criterion=criterion)
+    if post is not None:
+        post.finish(result)
+    return result, post
 
 
-def _fill(analysis, scores, measure, target, above, best, max_ratio, tries: int = 400):
-    """Last resort when single units are coarse (an attention head): starting from the plan just above
-    the target, add the least important classes one at a time while the result stays above
-    ``target - 1%``, keeping every producer non-empty and every group within ``max_ratio``."""
-    removed = above.removed_classes.copy()
-    norm = normalize(scores, analysis, "mean")
-    candidates = np.nonzero(~removed & np.isfinite(norm))[0]
-    candidates = candidates[candidates != analysis.fixed_class]
-    candidates = candidates[np.argsort(norm[candidates], kind="stable")][:tries]
-    sizes = np.array([g.size for g in analysis.groups])
-    for c in candidates:
-        trial = removed.copy()
-        trial[c] = True
-        lost = np.bincount(analysis.space_of[trial[analysis.class_of]], minlength=len(analysis.space_sizes))
-        g = analysis.group_of_class[c]
-        if np.any(lost[1:] >= analysis.space_sizes[1:]) or trial[analysis.groups[g].classes].sum() > max_ratio * sizes[g]:
-            continue
-        p = PruningPlan(analysis, trial, above.settings)
-        value = measure(p)
-        if value < target * 0.99:
-            continue
-        removed = trial
-        if abs(value - target) < abs(best[1] - target):
-            best = (p, value)
-        if abs(value - target) <= 0.01 * target:
-            break
-    return best
-
-
-def plan(
-    model,
-    ratio: float = 0.5,
-    criterion="l2",
-    global_pruning: bool = False,
-    ignored_layers=None,
-    round_to: int = 1,
-    max_ratio: float = 1.0,
-    group_reduction: str = "mean",
-    normalization="mean",
-    ratio_per_layer: dict | None = None,
-    target_macs: float | None = None,
-    target_params: float | None = None,
-    data=None,
-    loss=None,
-    prune_layer_norm: bool = False,
-    algorithm: str | None = None,
-    calibration_data=None,
-    calibration_samples: int | None = None,
-    data_free: str = "bn",
-    algorithm_options: dict | None = None,
-    verbose: bool | None = None,
-) -> PruningPlan:
+def plan(model, config=None, **options) -> PruningPlan:
     """Decide which channels to remove, without changing anything.
 
-    Args:
-        model: a Functional or Sequential ``keras.Model`` (nested models and shared layers included).
-        ratio: fraction of each group's channels to remove (``0 <= ratio < 1``); with
-            ``global_pruning`` the fraction of all prunable channels, ranked across groups.
-        criterion: a name from ``spa_keras.criteria.CRITERIA`` (``l2``, ``l1``, ``bn_scale``, ``lamp``,
-            ``fpgm``, ``random``, and with ``data``: ``taylor``, ``hessian``, ``snip``) or a callable.
-        ignored_layers: layer names or layers whose output channels are all kept.
-        round_to: kept widths are rounded up to a multiple of this.
-        max_ratio: no group loses more than this fraction (local and global).
-        group_reduction: how the scores of a channel's slices combine: ``mean``, ``sum``, ``max``.
-        normalization: per-group normalisation of scores before global ranking.
-        ratio_per_layer: ``{layer name or pattern: ratio}`` for the groups those layers produce.
-        target_macs / target_params: instead of ``ratio``, the MACs or parameters to reach, as a
-            fraction of the model's (``0.5``) or an absolute number; the ratio is searched so that the
-            result lands within 1% (``plan.settings["reached"]`` says where it landed).
-        data, loss: samples (array, ``(x, y)``, ``tf.data.Dataset``, generator) and an optional Keras
-            loss for the gradient criteria.
-        prune_layer_norm: prune the channels of LayerNorm-coupled streams too (a ViT's residual
-            stream); approximate, since LayerNorm's statistics change: fine-tune afterwards.
-        algorithm: ``None`` (remove the channels the criterion ranks lowest, nothing else changes),
-            ``"obspa"`` (channels chosen by their group's Optimal-Brain-Surgeon loss and the weights
-            that stay compensated; with no data it uses synthetic inputs) or ``"reconstruct"``
-            (channels chosen by ``criterion``, then the two-phase reconstruction on the samples).
-            Given ``calibration_data`` and no algorithm, ``"obspa"``. Keras models only.
-        calibration_data: unlabeled samples (NumPy array, ``tf.data.Dataset``, generator of batches;
-            labels are ignored) shaped like the model's input.
-        calibration_samples: how many samples to use (default 512 of the calibration data, 256
-            synthetic ones).
-        data_free: without calibration data, where the samples come from: ``"bn"`` (inputs optimised
-            to match the BatchNorm statistics) or ``"random"`` (standard-normal inputs).
-        algorithm_options: tuning of the algorithm (``spa_keras.algorithms.OPTIONS`` lists them with
-            their defaults: OBSPA's ``damp``, ``batch_size``, ``strategy``; the reconstruction's
-            ``epochs``, ``learning_rate``, ``decay``). Under ``strategy.scope()`` OBSPA sums its
-            Hessians across the strategy's replicas.
-        verbose: progress bars for the algorithms' long work (shown unless ``False``).
+    ``model``: a Functional or Sequential ``keras.Model`` (nested models and shared layers included), a
+    ``.keras``/``.h5`` path, an ``onnx.ModelProto`` or a ``.onnx`` path. ``config``: a
+    :class:`PruningConfig` (or its ``get_config()`` dict); keyword arguments are its options (listed
+    in ``docs/options.md``), overriding the config's, plus ``verbose`` (progress bars of the
+    algorithms' long work unless ``False``). With ``target_macs``/``target_params`` the plan lands
+    within 1% (``plan.settings["reached"]`` says where).
 
     >>> import keras, spa_keras as spa
     >>> m = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3))
@@ -218,106 +167,36 @@ def plan(
     >>> abs(p.settings["reached"] / p.settings["base"] - 0.5) < 0.01
     True
     """
-    kg = read_model(model, prune_layer_norm)
-    analysis = analyse(kg.graph, fixed_nodes=_resolve_ignored(kg, ignored_layers))
-    if algorithm is None and calibration_data is not None:
-        algorithm = "obspa"
-    post = None
-    if algorithm is not None:
-        from .algorithms import PostTraining
-
-        post = PostTraining(algorithm, kg, calibration_data, calibration_samples, data_free, algorithm_options,
-                            verbose)
-    score_fn = _criteria.get(criterion)
-    context = {}
-    need = set(getattr(score_fn, "needs", ()))
-    if need:
-        if data is None:
-            raise InvalidArgumentError(f"criterion {criterion!r} needs data: pass data=... to spa.plan/prune")
-        if not isinstance(kg, KerasGraph):
-            raise InvalidArgumentError(f"criterion {criterion!r} needs gradients: it works on Keras models "
-                                       "(convert with spa.from_onnx first)")
-        context["gradient"], context["fisher"] = kg.gradient_stats(data, loss)
-    scores = score_fn(analysis, kg.weight, reduction=group_reduction, normalization=normalization, **context)
-    if post is not None:
-        scores = post.scores(analysis, scores)
-    options = dict(
-        global_pruning=global_pruning,
-        max_ratio=max_ratio,
-        round_to=round_to,
-        group_ratios=_resolve_ratio_per_layer(kg, analysis, ratio_per_layer),
-    )
-    if target_macs is not None and target_params is not None:
-        raise InvalidArgumentError("give target_macs or target_params, not both")
-    if target_macs is not None or target_params is not None:
-        counter, name, value = (
-            (count_macs, "target_macs", target_macs) if target_macs is not None else (count_params, "target_params", target_params)
-        )
-        base = counter(kg.graph)
-        target = _target_value(name, value, base)
-        result = _search(analysis, scores, lambda p: counter(kg.graph, p), target, **options)
-        result.settings.update(target=target, base=base, reached=counter(kg.graph, result), measure=name[7:])
-    else:
-        result = select(analysis, scores, ratio, **options)
-    result.source = kg
-    result.settings["criterion"] = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
-    if post is not None:
-        post.finish(result)
-    return result
-
-
-def _is_onnx(model) -> bool:
-    """An ``onnx.ModelProto`` (checked by module, so that ONNX is not imported for Keras models)."""
-    return type(model).__module__.startswith("onnx")
-
-
-def read_model(model, prune_layer_norm: bool = False):
-    """The standard channel graph of a ``keras.Model``, a ``.keras``/``.h5`` path, an ``onnx.ModelProto``
-    or a ``.onnx`` path (a graph already read passes through)."""
-    if isinstance(model, KerasGraph):
-        if model.options.get("prune_layer_norm", False) == prune_layer_norm:
-            return model
-        model = model.model  # read again with the other option
-    if isinstance(model, OnnxGraph):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if path.endswith(".onnx"):
-            return from_onnx_model(path)
-        from .io import load_model
-
-        model = load_model(path)
-    if _is_onnx(model):
-        return from_onnx_model(model)
-    return from_keras(model, prune_layer_norm=prune_layer_norm)
+    verbose = _config.check_run(verbose=options.pop("verbose", None))["verbose"]
+    return _plan(model, resolve(config, "spa.plan", **options), verbose)[0]
 
 
 def apply(plan_: PruningPlan):
-    """Write a plan out: a new, smaller ``keras.Model`` (or ``onnx.ModelProto`` for an ONNX model);
-    the original is not changed."""
-    kg = getattr(plan_, "source", None)
-    if kg is None:
+    """Write a plan out: a new, smaller ``keras.Model`` (or ``onnx.ModelProto`` for an ONNX model) with
+    the plan's compensation written first; the original is not changed. (:func:`prune` also runs the
+    algorithm's last step on the result: BatchNorm re-estimation, the reconstruction's second phase.)"""
+    view = plan_.source
+    if view is None:
         raise InvalidArgumentError("this plan was not made by spa.plan; there is no model to apply it to")
-    if isinstance(kg, OnnxGraph):
+    if view.kind == "ONNX":
         from .backends.onnx import apply_onnx_plan
 
-        return apply_onnx_plan(kg, plan_)
-    if plan_.builder is not None:
-        return plan_.builder(kg, plan_)
-    return apply_plan(kg, plan_, transform=plan_.compensation)
+        return apply_onnx_plan(view, plan_)
+    from .backends.keras import apply_plan
+
+    return apply_plan(view, plan_)
 
 
-def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bool | None = None, output=None,
-          overwrite: bool = False, report=None, **kwargs):
+def prune(model, config=None, **options):
     """Remove channels for real: a new, smaller ``keras.Model`` with the same inputs and outputs (an
-    ``onnx.ModelProto`` when given an ONNX model or a ``.onnx`` path).
+    ``onnx.ModelProto`` when given an ONNX model or a ``.onnx`` path); ``model`` is not changed.
 
-    Takes every argument of :func:`plan`. ``output``: also save the result there (``.keras``, ``.h5``
-    or ``.onnx``), atomically; an existing file is kept unless ``overwrite=True``. ``steps`` > 1 prunes iteratively: the MACs (or parameters,
-    with ``target_params``) fall in equal steps to where one-shot pruning would land, and the
-    channels are scored again on the slimmer model between steps. ``verbose``: ``True`` also prints
-    the before/after table, ``False`` hides the algorithms' progress bars too (``None``: bars only). ``report``: also write the per-layer report there (see :meth:`Report.save`:
-    ``report.txt``, ``report.json`` and ``report.png`` in a folder, or ``PREFIX.txt/.json/.png``).
+    Takes :func:`plan`'s arguments and the run options: ``output`` (also save the result there,
+    atomically; an existing file is kept unless ``overwrite=True``), ``report`` (also write the
+    per-layer report there: see :meth:`Report.save`) and ``verbose`` (``True`` also prints the
+    before/after table, ``False`` hides the progress bars too). ``steps`` > 1 prunes iteratively: the
+    MACs (or parameters, with ``target_params``) fall in equal steps to where one-shot pruning would
+    land, and the channels are scored again on the slimmer model between steps.
 
     >>> import keras, spa_keras as spa
     >>> m = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3))
@@ -325,40 +204,25 @@ def prune(model, ratio: float = 0.5, criterion="l2", steps: int = 1, verbose: bo
     >>> slim.count_params() < m.count_params()
     True
     """
-    return _prune(model, ratio, criterion, steps, verbose, output, overwrite, report, **kwargs)[0]
+    run = _config.check_run(**{k: options.pop(k) for k in list(options) if k in _config.names(RUN)})
+    return _prune(model, resolve(config, "spa.prune", **options), **run)[0]
 
 
-def _prune(model, ratio=0.5, criterion="l2", steps=1, verbose=None, output=None, overwrite=False, report=None,
-           **kwargs):
-    """:func:`prune`, returning ``(slim, report)`` (the report only when asked for or verbose)."""
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
-    if output is not None and os.path.exists(os.fspath(output)) and not overwrite:  # before any work
-        raise OutputExistsError(f"{os.fspath(output)!r} exists; pass overwrite=True (--force) to replace it")
+def _prune(model, cfg: PruningConfig, output=None, overwrite=False, report=None, verbose=None):
+    """:func:`prune`, returning ``(slim, report, plan)``: the report only when asked for or verbose, the
+    plan that was written (the first of them when pruning in steps)."""
+    if output is not None and os.path.exists(output) and not overwrite:  # before any work
+        raise OutputExistsError(f"{output!r} exists; pass overwrite=True (--overwrite) to replace it")
     if report is not None:
         Report.check_paths(report, overwrite)
-    kwargs.setdefault("verbose", None if verbose is None else bool(verbose))
-    p = plan(model, ratio=ratio, criterion=criterion, **kwargs)
+    p, post = _plan(model, cfg, verbose)
     rep = None
-    if steps > 1:
-        by_params = kwargs.get("target_params") is not None
-        counter = count_params if by_params else count_macs
-        key = "target_params" if by_params else "target_macs"
-        base, final = counter(p.graph), counter(p.graph, p)
-        options = {k: v for k, v in kwargs.items() if k not in ("target_macs", "target_params", "ignored_layers")}
-        ignored = kwargs.get("ignored_layers")
-        current = model
-        for i in range(1, steps + 1):
-            goal = base - (base - final) * i / steps
-            step_plan = plan(current, criterion=criterion, ignored_layers=_names(ignored), **{key: goal}, **options)
-            current = apply(step_plan)
-        if verbose:
-            print(f"{steps} steps: {counter.__name__[6:]} {base:,} -> {counter(step_plan.graph, step_plan):,}")
-        slim = current
+    if cfg.steps > 1:
+        slim = _steps(model, cfg, p, verbose)
         if report is not None or verbose:
             rep = Report.from_graphs(p.graph, read_model(slim).graph)
     else:
-        slim = apply(p)
+        slim = write(p, post, cfg)
         if report is not None or verbose:
             rep = Report.from_plan(p)
         if verbose:
@@ -366,16 +230,46 @@ def _prune(model, ratio=0.5, criterion="l2", steps=1, verbose=None, output=None,
     _save(slim, output, overwrite)
     if report is not None:
         rep.save(report, overwrite=overwrite)
-    return slim, rep
+    return slim, rep, p
+
+
+def write(plan_: PruningPlan, post, cfg: PruningConfig):
+    """:func:`apply`, then the algorithm's last step on the written model (``post`` from :func:`_plan`)."""
+    slim = apply(plan_)
+    if post is not None:
+        post.after_apply(plan_, read_model(slim, cfg))
+    return slim
+
+
+def _steps(model, cfg, first, verbose):
+    """Iterative pruning: ``cfg.steps`` plans, each scored on the model the previous one wrote."""
+    by_params = cfg.target_params is not None
+    counter, key = (count_params, "target_params") if by_params else (count_macs, "target_macs")
+    base, final = counter(first.graph), counter(first.graph, first)
+    current = model
+    for i in range(1, cfg.steps + 1):
+        goal = base - (base - final) * i / cfg.steps
+        step_cfg = cfg.replace(**{"target_macs": None, "target_params": None, key: goal, "steps": 1})
+        step_plan, post = _plan(current, step_cfg, verbose)
+        current = write(step_plan, post, cfg)
+    if verbose:
+        print(f"{cfg.steps} steps: {counter.__name__[6:]} {base:,} -> {counter(step_plan.graph, step_plan):,}")
+    return current
+
+
+plan.__signature__ = _config.signature(_config.names(RECIPE, DATA) + ["verbose"], first=["model"])
+prune.__signature__ = _config.signature(_config.names(RECIPE, DATA, RUN), first=["model"])
 
 
 class Pruner:
     """A stored, reusable pruning recipe: a :class:`PruningConfig` and the means to apply it.
 
-    ``Pruner(config)`` or ``Pruner(ratio=0.3, ...)`` (the arguments of :class:`PruningConfig`,
-    validated at once); ``pruner.plan(model)``, ``pruner.prune(model)`` (or ``pruner(model)``).
-    After a prune, ``pruner.report`` is the :class:`Report` of what was removed. It round-trips
-    through ``get_config``/``from_config`` like a Keras object.
+    ``Pruner(config)`` or ``Pruner(ratio=0.3, ...)`` (the options of :class:`PruningConfig`, validated at
+    once); ``pruner.plan(model)``, ``pruner.prune(model)`` (or ``pruner(model)``) with the run options
+    of :func:`prune`. After a prune, ``pruner.report`` is the :class:`Report` of what was removed. It
+    round-trips through ``get_config``/``from_config`` like a Keras object. ``pruner.last_plan`` is the
+    plan written by the last prune (its ``settings`` say how it was made: the algorithm's samples, the
+    reconstruction's losses, a target's landing point).
 
     >>> import keras, spa_keras as spa
     >>> pruner = spa.Pruner(ratio=0.5, round_to=4)
@@ -387,28 +281,22 @@ class Pruner:
     True
     """
 
-    def __init__(self, config: "PruningConfig | dict | None" = None, **kwargs):
-        if isinstance(config, dict):
-            config = PruningConfig.from_config(config)
-        if config is None:
-            config = PruningConfig(**kwargs)
-        elif not isinstance(config, PruningConfig):
-            raise InvalidArgumentError(f"config must be a spa.PruningConfig or its get_config() dict, got "
-                                       f"{type(config).__name__}")
-        elif kwargs:
-            config = config.replace(**kwargs)
-        self.config = config
+    def __init__(self, config=None, **options):
+        self.config = resolve(config, "Pruner", **options)
         self.report = None
+        self.last_plan = None
 
-    def plan(self, model) -> PruningPlan:
+    def plan(self, model, verbose=None) -> PruningPlan:
         """The plan this recipe makes for ``model`` (nothing is changed)."""
-        return plan(model, **self.config.plan_kwargs())
+        return _plan(model, self.config, _config.check_run(verbose=verbose)["verbose"])[0]
 
-    def prune(self, model, output=None, overwrite: bool = False, report=None, verbose: bool = False):
-        """The slim model (see :func:`prune` for ``output``, ``overwrite``, ``report``, ``verbose``)."""
-        kwargs = self.config.prune_kwargs()
-        slim, rep = _prune(model, output=output, overwrite=overwrite, report=report, verbose=verbose, **kwargs)
-        self.report = rep if rep is not None else _report_of(model, slim, kwargs)
+    def prune(self, model, **run):
+        """The slim model (the run options of :func:`prune`: ``output``, ``overwrite``, ``report``,
+        ``verbose``)."""
+        slim, rep, self.last_plan = _prune(model, self.config, **_config.check_run(**run))
+        if rep is None:
+            rep = Report.from_plan(self.last_plan) if self.config.steps == 1 else _report_of(model, slim, self.config)
+        self.report = rep
         return slim
 
     __call__ = prune
@@ -424,33 +312,31 @@ class Pruner:
         return f"Pruner({self.config!r})"
 
 
-def _report_of(model, slim, kwargs) -> Report:
+def _report_of(model, slim, cfg) -> Report:
     """The report of a prune that did not make one (compares the two models layer by layer)."""
-    before = read_model(model, kwargs.get("prune_layer_norm", False)).graph
-    return Report.from_graphs(before, read_model(slim).graph)
+    return Report.from_graphs(read_model(model, cfg).graph, read_model(slim).graph)
 
 
-def _model_prune(self, method=None, config=None, *, output=None, overwrite=False, report=None, verbose=False,
-                 **kwargs):
-    """``model.prune(method=None, config=None, **kwargs)``: this model pruned, as a new ``keras.Model``.
+def _model_prune(self, method=None, config=None, **options):
+    """``model.prune(method=None, config=None, **options)``: this model pruned, as a new ``keras.Model``.
 
     Shaped like Keras' ``model.quantize(mode, config=...)``: ``method`` is a criterion (``"l2"``,
     ``"taylor"``, ...) or an algorithm (``"obspa"``, ``"reconstruct"``); ``config`` a
-    :class:`PruningConfig`; keyword arguments override its settings. Unlike ``quantize``, the model
-    itself is not changed (pruning changes its architecture): the slim model is returned.
-    Available after :func:`enable_model_prune`.
+    :class:`PruningConfig`; keyword arguments are :func:`prune`'s options and override the config's.
+    Unlike ``quantize``, the model itself is not changed (pruning changes its architecture): the slim
+    model is returned. Available after :func:`enable_model_prune`.
     """
-    from .config import ALGORITHMS
+    from .algorithms import ALGORITHMS
 
     if method is not None:
-        kwargs["algorithm" if method in ALGORITHMS else "criterion"] = method
-    return Pruner(config, **kwargs).prune(self, output=output, overwrite=overwrite, report=report, verbose=verbose)
+        options["algorithm" if method in ALGORITHMS else "criterion"] = method
+    return prune(self, config, **options)
 
 
 def enable_model_prune() -> None:
     """Opt in to ``model.prune(...)`` on every ``keras.Model`` (Functional and Sequential).
 
-    ``model.prune(method=None, config=None, **kwargs)`` returns the slim model, exactly as
+    ``model.prune(method=None, config=None, **options)`` returns the slim model, exactly as
     ``spa.prune(model, ...)`` would; the model is not changed. Keras' classes are changed only when
     this is called, and :func:`disable_model_prune` undoes it. If a ``prune`` method already exists
     on ``keras.Model`` (one Keras may add one day), it is left alone and an error says so.
@@ -485,33 +371,21 @@ def _save(model, output, overwrite):
     """Save a Keras or ONNX model to ``output`` atomically (nothing when ``output`` is None)."""
     if output is None:
         return model
-    if _is_onnx(model):
-        from .backends.onnx import save_onnx
+    from .io import save_model, save_onnx
 
-        save_onnx(model, os.fspath(output), overwrite)
-    else:
-        from .io import save_model
-
-        save_model(model, os.fspath(output), overwrite)
+    (save_onnx if _is_onnx(model) else save_model)(model, os.fspath(output), overwrite)
     return model
-
-
-def _names(layers):
-    """Layer objects become names (the model changes between steps; names stay)."""
-    if not layers:
-        return layers
-    return [x if isinstance(x, str) else x.name for x in layers]
 
 
 class Inspection:
     """What spa_keras sees in a model: groups, widths, MACs, parameters, what is held fixed."""
 
-    def __init__(self, kg):
-        self.graph = kg.graph
-        self.analysis = analyse(kg.graph)
-        self.macs = count_macs(kg.graph)
-        self.params = count_params(kg.graph)
-        self.held_fixed = held_fixed(kg.graph)
+    def __init__(self, view):
+        self.graph = view.graph
+        self.analysis = analyse(view.graph)
+        self.macs = count_macs(view.graph)
+        self.params = count_params(view.graph)
+        self.held_fixed = held_fixed(view.graph)
         self.groups = self.analysis.groups
 
     def __str__(self):

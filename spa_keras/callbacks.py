@@ -19,7 +19,8 @@ from .criteria.base import slice_scores
 from .errors import InvalidArgumentError
 from .frontends.keras import from_keras
 from .graph import BIAS, WEIGHT, analyse
-from .metrics import count_macs
+from .config import resolve
+from .metrics import count_macs, count_params
 from .plan import PruningPlan, GroupIndex
 
 SCHEDULES = ("constant", "linear", "polynomial")
@@ -47,43 +48,42 @@ class PruningCallback(keras.callbacks.Callback):
     """Prune during ``fit`` with soft masks that zero whole channel groups.
 
     Args:
-        ratio: the final fraction of channels to remove (as in :func:`spa_keras.plan`), or
-        target_macs: the final MACs as a fraction of the model's.
+        config: a :class:`~spa_keras.PruningConfig` (or its dict); keyword arguments are its options
+            (``ratio``, ``target_macs``, ``target_params``, ``criterion``, ...: ``docs/options.md``) and
+            override it. The final pruning is ``target_macs`` or ``target_params`` when one is set,
+            else ``ratio``.
         schedule: ``"constant"``, ``"linear"``, ``"polynomial"`` (default) or ``fn(progress) -> fraction``.
         begin_step, end_step: optimizer steps where the schedule starts and reaches the target
             (default: 0 and the last step of this ``fit``).
         frequency: re-score and re-mask every this many steps; ``None``: at the end of every epoch.
-        criterion and any other keyword: passed to :func:`spa_keras.plan`.
+        power: the polynomial schedule's exponent.
 
-    Logs ``pruning_macs_fraction`` and ``pruning_channels_removed`` to the History and, when a
-    TensorBoard callback comes after this one, to TensorBoard.
+    Logs ``pruning_macs_fraction``, ``pruning_params_fraction`` and ``pruning_channels_removed`` to the
+    History and, when a TensorBoard callback comes after this one, to TensorBoard.
 
-    >>> # model.fit(ds, epochs=10, callbacks=[spa.callbacks.PruningCallback(ratio=0.5)])
-    >>> # slim = spa.strip(model)
+    >>> import spa_keras as spa
+    >>> cb = spa.callbacks.PruningCallback(target_params=0.5, criterion="l1")
+    >>> cb.config.target_params, cb.config.criterion
+    (0.5, 'l1')
+    >>> # model.fit(ds, epochs=10, callbacks=[cb]); slim = spa.strip(model)
     """
 
-    def __init__(self, ratio=None, target_macs=None, schedule="polynomial", begin_step: int = 0,
-                 end_step: int | None = None, frequency: int | None = None, criterion="l2", power: float = 3.0,
-                 **plan_options):
+    def __init__(self, config=None, *, schedule="polynomial", begin_step: int = 0, end_step: int | None = None,
+                 frequency: int | None = None, power: float = 3.0, **options):
         super().__init__()
-        if (ratio is None) == (target_macs is None):
-            raise InvalidArgumentError("PruningCallback needs ratio or target_macs (one of them)")
+        self.config = resolve(config, "PruningCallback", **options)
         schedule_fraction(schedule, 0.0, power)  # validates
         if frequency is not None and (int(frequency) != frequency or frequency < 1):
             raise InvalidArgumentError(f"frequency must be a positive number of steps, got {frequency!r}")
-        self.ratio, self.target_macs = ratio, target_macs
         self.schedule, self.power = schedule, power
         self.begin_step, self.end_step, self.frequency = int(begin_step), end_step, frequency
-        self.criterion = criterion
-        self.plan_options = plan_options
         self.plan = None
         self._kg = None
         self._last = {}
 
     def get_config(self):
-        return dict(ratio=self.ratio, target_macs=self.target_macs, schedule=self.schedule,
-                    begin_step=self.begin_step, end_step=self.end_step, frequency=self.frequency,
-                    criterion=self.criterion, power=self.power, **self.plan_options)
+        return dict(config=self.config.get_config(), schedule=self.schedule, begin_step=self.begin_step,
+                    end_step=self.end_step, frequency=self.frequency, power=self.power)
 
     # ---- schedule ----------------------------------------------------------------------------------
     def _step(self) -> int:
@@ -105,25 +105,32 @@ class PruningCallback(keras.callbacks.Callback):
         return schedule_fraction(self.schedule, progress, self.power)
 
     # ---- masking -----------------------------------------------------------------------------------
+    def _now(self, f: float):
+        """The config of the pruning that applies at fraction ``f`` of the schedule."""
+        cfg = self.config
+        for name, counter in (("target_macs", count_macs), ("target_params", count_params)):
+            t = getattr(cfg, name)
+            if t is not None:
+                t = t if t <= 1 else t / counter(self._kg.graph)
+                return cfg.replace(**{name: 1.0 - (1.0 - t) * f})
+        return cfg.replace(ratio=cfg.ratio * f)
+
     def update(self) -> None:
         """Re-score the model and zero the channels the current plan removes."""
-        from .api import plan
+        from .api import _plan
 
         if self._kg is None:
-            self._kg = from_keras(self.model)
+            self._kg = from_keras(self.model, prune_layer_norm=self.config.prune_layer_norm)
         f = self.current_fraction()
         if f <= 0:
             return
-        if self.ratio is not None:
-            p = plan(self._kg, ratio=self.ratio * f, criterion=self.criterion, **self.plan_options)
-        else:
-            goal = 1.0 - (1.0 - self.target_macs) * f
-            p = plan(self._kg, target_macs=goal, criterion=self.criterion, **self.plan_options)
+        p = _plan(self._kg, self._now(f), verbose=False)[0]
         zero_in_place(self._kg, p)
         self.plan = p
         g = self._kg.graph
         self._last = {
             "pruning_macs_fraction": count_macs(g, p) / max(count_macs(g), 1),
+            "pruning_params_fraction": count_params(g, p) / max(count_params(g), 1),
             "pruning_channels_removed": float(p.n_removed),
         }
 
@@ -213,6 +220,4 @@ def strip(model) -> keras.Model:
     for g in a.groups:
         candidates = g.classes[zero[g.classes]]
         removed[index.limit(g.id, candidates, min(len(candidates), g.size - 1))] = True
-    plan = PruningPlan(a, removed, {"stripped": True})
-    plan.source = kg
-    return apply_plan(kg, plan)
+    return apply_plan(kg, PruningPlan(a, removed, {"stripped": True}, source=kg))

@@ -12,57 +12,44 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
 MODEL_HELP = "a .keras, .h5 or .onnx file"
-CRITERIA_HELP = "l2 (default), l1, lamp, bn_scale, fpgm, random; with --data: taylor, hessian, snip"
 
 
-# ---- arguments ----------------------------------------------------------------------------------
-
-def _ratio_per_layer(text):
-    name, sep, value = text.rpartition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=RATIO (a layer name or pattern), got {text!r}")
-    try:
-        return name, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=RATIO with a number, got {text!r}") from None
-
+# ---- arguments: every pruning option comes from spa_keras.config.OPTIONS ------------------------------
 
 def _add_pruning_options(q):
-    """Every option of ``spa.prune``."""
-    g = q.add_argument_group("pruning (the options of spa.prune)")
-    g.add_argument("--ratio", type=float, default=0.5, help="fraction of channels to remove per group (default 0.5)")
-    g.add_argument("--criterion", default="l2", help=CRITERIA_HELP)
-    g.add_argument("--global-pruning", action="store_true", help="rank channels across groups")
-    g.add_argument("--round-to", type=int, default=1, help="round kept widths up to a multiple of this")
-    g.add_argument("--max-ratio", type=float, default=1.0, help="the most any group may lose (default 1.0)")
-    g.add_argument("--ignore", action="append", default=[], metavar="LAYER",
-                   help="a layer whose output channels are all kept (repeatable)")
-    g.add_argument("--ratio-per-layer", action="append", default=[], type=_ratio_per_layer, metavar="NAME=RATIO",
-                   help="a ratio for the groups that layers matching NAME (fnmatch pattern) produce (repeatable)")
-    g.add_argument("--target-macs", type=float, help="reach this many MACs (a fraction like 0.5, or a count)")
-    g.add_argument("--target-params", type=float, help="reach this many parameters (a fraction or a count)")
-    g.add_argument("--group-reduction", default="mean", help="mean (default), sum or max")
-    g.add_argument("--normalization", default="mean", help="mean (default), max, sum, standardization, lamp or none")
-    g.add_argument("--steps", type=int, default=1, help="prune iteratively in this many steps (default 1)")
-    g.add_argument("--prune-layer-norm", action="store_true", help="prune LayerNorm-coupled streams (approximate)")
-    g.add_argument("--data", metavar="PATH",
-                   help="inputs for taylor/hessian/snip: .npy, .npz (x, and y for targets) or a folder of images")
-    g.add_argument("--loss", help="a Keras loss name for the gradient criteria")
-    a = q.add_argument_group("post-training algorithms")
-    a.add_argument("--algorithm", choices=["obspa", "reconstruct"], help="compensate the weights that stay")
-    a.add_argument("--calibration", metavar="PATH", help="calibration inputs: .npy, .npz (x) or a folder of images")
-    a.add_argument("--calibration-samples", type=int, help="how many calibration samples to use (default 512)")
-    a.add_argument("--data-free", choices=["bn", "random"], help="OBSPA's synthetic inputs without calibration data")
-    a.add_argument("--image-scale", type=float, default=1.0,
-                   help="multiply image pixels (0-255) by this, e.g. 0.00392 for 0-1 (default 1)")
+    """A flag for every option of ``spa.prune`` (the option's name in kebab case)."""
+    from .config import DATA, RECIPE, add_arguments
+
+    add_arguments(q.add_argument_group("pruning (the options of spa.prune; see docs/options.md)"), (RECIPE, DATA))
+    q.add_argument("--image-scale", type=float, default=1.0,
+                   help="multiply image pixels (0-255) of --data/--calibration-data folders by this, e.g. 0.00392 "
+                        "for 0-1 (default 1)")
+
+
+def _add_run_options(q, output_required: bool):
+    from .config import BY_NAME
+
+    o = BY_NAME["output"]
+    q.add_argument("-o", o.flag, dest="output", required=output_required, metavar="PATH",
+                   help="the slim model: .keras or .h5 (Keras input), .onnx (ONNX input)")
+    _add_overwrite(q, "replace the output and the report files if they exist")
+    q.add_argument(BY_NAME["report"].flag, dest="report", metavar="PATH",
+                   help="report prefix or folder (default: OUTPUT without extension + .report -> .txt, .json, .png)")
+
+
+def _add_overwrite(q, help_text):
+    from .config import BY_NAME
+
+    o = BY_NAME["overwrite"]
+    q.add_argument(o.flag, *o.aliases, dest="overwrite", action="store_true", help=help_text)
 
 
 def _parser():
     p = argparse.ArgumentParser(prog="spa-keras", description="Structured pruning for Keras 3 models (and ONNX).")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (verbose=False)")
     sub = p.add_subparsers(dest="command", required=True)
 
     i = sub.add_parser("inspect", help="groups, widths, MACs, parameters and what is held fixed")
@@ -71,11 +58,7 @@ def _parser():
 
     pr = sub.add_parser("prune", help="prune a model, save the slim one and its report")
     pr.add_argument("model", help=MODEL_HELP)
-    pr.add_argument("-o", "--output", required=True,
-                    help="the slim model: .keras or .h5 (Keras input), .onnx (ONNX input)")
-    pr.add_argument("--force", action="store_true", help="overwrite the output and report files if they exist")
-    pr.add_argument("--report", metavar="PATH",
-                    help="report prefix or folder (default: OUTPUT without extension + .report -> .txt, .json, .png)")
+    _add_run_options(pr, output_required=True)
     pr.add_argument("--no-report", action="store_true", help="write no report files (the table is still printed)")
     _add_pruning_options(pr)
 
@@ -84,7 +67,7 @@ def _parser():
     e.add_argument("--serving", metavar="DIR", help="TF Serving base directory: writes DIR/<version>/")
     e.add_argument("--version", type=int, help="the version number (default: one more than the largest in DIR)")
     e.add_argument("--onnx", metavar="PATH", help="write an ONNX file (tf2onnx)")
-    e.add_argument("--force", action="store_true", help="overwrite the ONNX file if it exists")
+    _add_overwrite(e, "replace the ONNX file if it exists")
 
     b = sub.add_parser("bench", help="latency and throughput of the original and the slim model on this machine")
     b.add_argument("model", help=MODEL_HELP + ", or a SavedModel directory (timed as it is, not pruned)")
@@ -98,25 +81,16 @@ def _parser():
     d.add_argument("--model", default="ResNet50", help="a keras.applications constructor (default ResNet50)")
     d.add_argument("--size", type=int, default=224, help="input size (default 224)")
     d.add_argument("--report", metavar="PATH", help="also write the report (.txt, .json, .png) here")
-    d.add_argument("--force", action="store_true", help="overwrite report files")
+    _add_overwrite(d, "replace report files")
     _add_pruning_options(d)
     return p
 
 
 def _config(args):
-    """The validated :class:`PruningConfig` of the command line (data is loaded later)."""
-    from spa_keras.config import PruningConfig
+    """The validated :class:`PruningConfig` of the command line (data files are loaded later)."""
+    from .config import RECIPE, PruningConfig, from_arguments
 
-    normalization = None if str(args.normalization).lower() in ("none", "null") else args.normalization
-    return PruningConfig(
-        ratio=args.ratio, criterion=args.criterion, global_pruning=args.global_pruning,
-        ignored_layers=args.ignore or None, round_to=args.round_to, max_ratio=args.max_ratio,
-        group_reduction=args.group_reduction, normalization=normalization,
-        ratio_per_layer=dict(args.ratio_per_layer) or None, target_macs=args.target_macs,
-        target_params=args.target_params, prune_layer_norm=args.prune_layer_norm, steps=args.steps,
-        loss=args.loss, algorithm=args.algorithm, calibration_samples=args.calibration_samples,
-        data_free=args.data_free or "bn",
-    )
+    return PruningConfig(**from_arguments(args, (RECIPE,)))
 
 
 # ---- models -------------------------------------------------------------------------------------
@@ -170,7 +144,7 @@ def _input_shape(model):
     else:
         shapes = [tuple(x.shape[1:]) for x in model.inputs]
     if len(shapes) != 1:
-        raise InvalidArgumentError(f"--data/--calibration files work with single-input models; this one has "
+        raise InvalidArgumentError(f"--data/--calibration-data files work with single-input models; this one has "
                                    f"{len(shapes)} inputs (use the Python API: spa.prune(..., calibration_data=...))")
     return shapes[0]
 
@@ -183,8 +157,8 @@ def _with_data(config, model, args):
     if args.data:
         x, y = load_arrays(args.data, _input_shape(model), scale=args.image_scale)
         changes["data"] = x if y is None else (x, y)
-    if args.calibration:
-        changes["calibration_data"] = load_calibration(args.calibration, _input_shape(model),
+    if args.calibration_data:
+        changes["calibration_data"] = load_calibration(args.calibration_data, _input_shape(model),
                                                        max_samples=config.calibration_samples, scale=args.image_scale)
     return config.replace(**changes) if changes else config
 
@@ -233,12 +207,12 @@ def cmd_inspect(args) -> int:
 
 
 def _check_outputs(args):
-    """Refuse, before any work, outputs that exist (without --force) or are of the wrong kind."""
+    """Refuse, before any work, outputs that exist (without --overwrite) or are of the wrong kind."""
     from spa_keras.errors import InvalidArgumentError, OutputExistsError
     from spa_keras.report import Report
 
-    if os.path.exists(args.output) and not args.force:
-        raise OutputExistsError(f"{args.output!r} exists; pass --force to overwrite it")
+    if os.path.exists(args.output) and not args.overwrite:
+        raise OutputExistsError(f"{args.output!r} exists; pass --overwrite to replace it")
     if args.output.endswith(".onnx") != args.model.endswith(".onnx"):
         raise InvalidArgumentError("the output must be of the input's kind (.onnx -> .onnx, Keras -> .keras/.h5); "
                                    "convert with spa.from_onnx / spa.to_onnx or 'spa-keras export --onnx'")
@@ -247,27 +221,28 @@ def _check_outputs(args):
     if args.no_report:
         return None
     report = args.report or os.path.splitext(args.output)[0] + ".report"
-    Report.check_paths(report, args.force)
+    Report.check_paths(report, args.overwrite)
     return report
 
 
-def _prune(model, config, stage, quiet=False):
-    """``(slim, report)`` with a stage per step of the work (the algorithms show their own bars)."""
-    import spa_keras as spa
-    from spa_keras.api import _prune
+def _prune_staged(model, config, stage, quiet=False):
+    """``(slim, plan)`` with a stage per step of the work (the algorithms show their own bars); the plan
+    is None for iterative pruning (several plans)."""
+    from spa_keras.api import _plan, _prune, write
 
+    verbose = False if quiet else None
     if config.steps > 1:
         stage(f"pruning in {config.steps} steps")
-        return _prune(model, report=None, verbose=False, **config.prune_kwargs())[0], None
+        return _prune(model, config, verbose=verbose)[0], None
     stage("scoring channels and planning")
-    plan = spa.plan(model, verbose=False if quiet else None, **config.plan_kwargs())
-    stage("rebuilding the slim model")
-    slim = spa.apply(plan)
-    return slim, spa.Report.from_plan(plan)
+    plan, post = _plan(model, config, verbose)
+    stage("writing the slim model")
+    return write(plan, post, config), plan
 
 
 def cmd_prune(args) -> int:
     from spa_keras.api import _report_of, _save
+    from spa_keras.report import Report
 
     config = _config(args)
     report_path = _check_outputs(args)
@@ -275,14 +250,13 @@ def cmd_prune(args) -> int:
         stage("loading model")
         model = _load(args.model, "prune")
         config = _with_data(config, model, args)
-        slim, report = _prune(model, config, stage, args.quiet)
-        if report is None:
-            stage("comparing the models")
-            report = _report_of(model, slim, config.prune_kwargs())
+        slim, plan = _prune_staged(model, config, stage, args.quiet)
+        stage("comparing the models")
+        report = Report.from_plan(plan) if plan is not None else _report_of(model, slim, config)
         stage(f"saving {args.output}")
-        _save(slim, args.output, args.force)
+        _save(slim, args.output, args.overwrite)
         if report_path is not None:
-            paths = report.save(report_path, overwrite=args.force)
+            paths = report.save(report_path, overwrite=args.overwrite)
     print(report.table())
     print(f"saved {args.output}")
     if report_path is not None:
@@ -292,7 +266,7 @@ def cmd_prune(args) -> int:
 
 def cmd_export(args) -> int:
     import spa_keras as spa
-    from spa_keras.errors import InvalidArgumentError
+    from spa_keras.errors import InvalidArgumentError, OutputExistsError
 
     if not args.serving and not args.onnx:
         raise InvalidArgumentError("nothing to do: give --serving DIR and/or --onnx PATH")
@@ -301,8 +275,8 @@ def cmd_export(args) -> int:
     if args.onnx:
         if not args.onnx.endswith(".onnx"):
             raise InvalidArgumentError(f"{args.onnx!r}: the ONNX output must end in .onnx")
-        if os.path.exists(args.onnx) and not args.force:
-            raise InvalidArgumentError(f"{args.onnx!r} exists; pass --force to overwrite it")
+        if os.path.exists(args.onnx) and not args.overwrite:
+            raise OutputExistsError(f"{args.onnx!r} exists; pass --overwrite to replace it")
     saved = _saved_model_dir(args.model)
     if saved is not None:
         if args.onnx:
@@ -324,7 +298,7 @@ def cmd_export(args) -> int:
             target = spa.export_for_serving(model, args.serving, version=args.version)
         if args.onnx:
             stage("converting to ONNX (tf2onnx)")
-            spa.to_onnx(model, args.onnx, overwrite=args.force)
+            spa.to_onnx(model, args.onnx, overwrite=args.overwrite)
     if args.serving:
         print(f"serving: {target}")
     if args.onnx:
@@ -363,12 +337,12 @@ def cmd_bench(args) -> int:
             model = _load(args.model, "bench")
             config = _with_data(config, model, args)
             stage("pruning")
-            slim = spa.prune(model, **config.prune_kwargs())
+            slim = spa.prune(model, config, verbose=False if args.quiet else None)
             models["original"], models["slim"] = (model, spa.inspect(model).graph), (slim, spa.inspect(slim).graph)
             stage("timing the original and the slim model")
         results = {}
         for name, (m, graph) in models.items():
-            r = measure_latency(m, **timing)
+            r = measure_latency(m, **timing)  # no bar of its own: the stage bar says what runs
             if graph is not None:
                 r.update(macs=count_macs(graph), params=count_params(graph))
             results[name] = r
@@ -402,23 +376,21 @@ def cmd_demo(args) -> int:
     if fn is None or not callable(fn):
         raise spa.InvalidArgumentError(f"keras.applications has no model {args.model!r}")
     if args.report:
-        spa.Report.check_paths(args.report, args.force)
+        spa.Report.check_paths(args.report, args.overwrite)
     with _Progress(3, args.quiet) as stage:
         stage(f"building {args.model} (weights=None)")
         model = fn(weights=None, input_shape=(args.size, args.size, 3))
         config = _with_data(config, model, args)
         t0 = time.perf_counter()
-        stage("scoring channels and planning")
-        plan = spa.plan(model, verbose=False if args.quiet else None, **config.plan_kwargs())
+        slim, plan = _prune_staged(model, config, stage, args.quiet)
         t1 = time.perf_counter()
-        stage("rebuilding the slim model")
-        spa.apply(plan)
-        t2 = time.perf_counter()
-    report = spa.Report.from_plan(plan)
+    from spa_keras.api import _report_of
+
+    report = spa.Report.from_plan(plan) if plan is not None else _report_of(model, slim, config)
     print(report.table(max_rows=25))
-    print(f"planned in {t1 - t0:.2f} s, rebuilt in {t2 - t1:.2f} s")
+    print(f"pruned in {t1 - t0:.2f} s" + (f" ({config.steps} steps)" if config.steps > 1 else ""))
     if args.report:
-        print("report: " + ", ".join(report.save(args.report, overwrite=args.force).values()))
+        print("report: " + ", ".join(report.save(args.report, overwrite=args.overwrite).values()))
     return 0
 
 

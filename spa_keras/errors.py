@@ -42,7 +42,7 @@ class ModelFileError(UnsupportedModelError, ValueError):
 
 class OutputExistsError(InvalidArgumentError, FileExistsError):
     """The output path exists; spa_keras never overwrites a file unless told to (``overwrite=True``,
-    ``--force``)."""
+    ``--overwrite``)."""
 
 
 class RebuildError(PruningError, RuntimeError):

@@ -1,35 +1,71 @@
-"""A :class:`PruningPlan`: for each group, the channel classes to remove.
+"""A :class:`PruningPlan`: for each group, the channel classes to remove; and how plans are chosen.
 
 Computing a plan changes nothing; a backend applies it. Selection is local (the same ``ratio`` in every
 group) or global (one ranking of normalised scores across groups), with ``max_ratio`` per group,
 ``round_to`` on the kept width, and never a layer emptied: every producer keeps at least one channel.
+A MACs or parameter target is met by :func:`search`. A plan is data: which classes go, the settings that
+chose them, the graph it is for, and, when an algorithm re-fitted the weights that stay, their new
+values as arrays. Nothing outside this module writes its fields.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
+from .criteria.base import normalize
 from .errors import InvalidArgumentError
-from .graph import Analysis
+from .graph import BIAS, WEIGHT, Analysis
 
 
 class PruningPlan:
     """Which channel classes go. ``removed_classes`` is a boolean array over the analysis' classes.
 
+    ``settings``: how it was chosen (and, for a target, where it landed). ``source``: the frontend's
+    graph of the model it is for. ``compensation``: ``{parameter key: array}``, new full-width values
+    of parameters an algorithm re-fitted (OBSPA's consumers, the reconstruction's first phase); they
+    are written before the removed channels are sliced out.
+
     >>> # plan = spa.plan(model, ratio=0.5); plan.removed()["conv1"]  -> indices of conv1's filters
     """
 
-    def __init__(self, analysis: Analysis, removed_classes: np.ndarray, settings: dict | None = None):
+    def __init__(self, analysis: Analysis, removed_classes: np.ndarray, settings: dict | None = None,
+                 source=None, compensation: dict | None = None):
         self.analysis = analysis
         self.graph = analysis.graph
         self.removed_classes = np.array(removed_classes, bool)
         self.removed_classes[analysis.fixed_class] = False
         self.settings = dict(settings or {})
-        self.compensation = None  # OBSPA: transform(node, param, value) re-fitting the weights that stay
-        self.builder = None  # the reconstruction: builder(graph, plan) -> slim model
+        self.source = source
+        self.compensation = dict(compensation) if compensation else {}
         self._element_removed = self.removed_classes[analysis.class_of]
+
+    @classmethod
+    def empty(cls, analysis: Analysis, source=None) -> "PruningPlan":
+        """The plan that removes nothing (a full-width copy of the model)."""
+        return cls(analysis, np.zeros(analysis.n_classes, bool), source=source)
+
+    # ---- the only writers of a plan's fields -----------------------------------------------------
+    def record(self, **settings) -> "PruningPlan":
+        """Add to ``settings`` (how the plan was made, where it landed)."""
+        self.settings.update(settings)
+        return self
+
+    def attach(self, source) -> "PruningPlan":
+        """Say which model (its frontend graph) the plan is for."""
+        self.source = source
+        return self
+
+    def compensate(self, arrays: dict) -> "PruningPlan":
+        """Set the re-fitted values ``{parameter key: full-width array}`` written before slicing."""
+        self.compensation = dict(arrays)
+        return self
+
+    def value(self, param, value: np.ndarray) -> np.ndarray:
+        """A parameter's value as the plan writes it before slicing: its compensation, if any."""
+        return self.compensation.get(param.key, value)
 
     # ---- per tensor / per parameter --------------------------------------------------------------
     def keep_mask(self, layout: np.ndarray) -> np.ndarray:
@@ -51,6 +87,31 @@ class PruningPlan:
             if not mask.all():
                 out[axis] = np.nonzero(mask)[0]
         return out
+
+    def writer_mask(self, node, param) -> np.ndarray | None:
+        """Where ``param`` writes a removed channel (a kernel's output slices, a bias, a BN's
+        gamma/beta/mean; never a variance or a reading axis), as a boolean array of its shape; None
+        when it writes none."""
+        if param.role not in (WEIGHT, BIAS):
+            return None
+        mask = None
+        for axis, ref in param.axes.items():
+            if ref.side != "out":
+                continue
+            hit = self._element_removed[self.analysis.axis_elements(node, param, axis)]
+            if hit.any():
+                mask = np.zeros(param.shape, bool) if mask is None else mask
+                index = [slice(None)] * len(param.shape)
+                index[axis] = hit
+                mask[tuple(index)] = True
+        return mask
+
+    def zeroed(self, node, param, value: np.ndarray) -> np.ndarray:
+        """``value`` (compensated first) with the removed channels zeroed where ``param`` writes them:
+        what the zero-channel oracle's full-width copy holds."""
+        value = self.value(param, value)
+        mask = self.writer_mask(node, param)
+        return value if mask is None else np.where(mask, np.zeros((), value.dtype), value)
 
     def param_shape(self, node, param) -> tuple:
         shape = list(param.shape)
@@ -86,16 +147,6 @@ class PruningPlan:
             f"PruningPlan({self.graph.name!r}: {self.n_removed} of {self.analysis.n_classes - 1} channel "
             f"classes removed in {len(self.removed())} layers)"
         )
-
-
-def _check_fraction(name, value, upper_open=True):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a number in [0, 1), got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v >= 1 if upper_open else v > 1):
-        raise InvalidArgumentError(f"{name} must be in [0, {'1)' if upper_open else '1]'}, got {value!r}")
-    return v
 
 
 class GroupIndex:
@@ -162,13 +213,10 @@ def select(
 
     Local: each group loses ``floor(ratio * size)`` classes. Global: the ``ratio`` of all prunable
     classes with the lowest scores, wherever they are, then the per-group limits. ``group_ratios``
-    (group id -> ratio) prunes those groups locally at their own ratio, in either mode.
+    (group id -> ratio) prunes those groups locally at their own ratio, in either mode. The values are
+    those :class:`~spa_keras.config.PruningConfig` validated.
     """
-    ratio = _check_fraction("ratio", ratio)
-    max_ratio = _check_fraction("max_ratio", max_ratio, upper_open=False)
-    if int(round_to) != round_to or round_to < 1:
-        raise InvalidArgumentError(f"round_to must be a positive integer, got {round_to!r}")
-    group_ratios = {int(k): _check_fraction("ratio_per_layer value", v) for k, v in (group_ratios or {}).items()}
+    group_ratios = {int(k): float(v) for k, v in (group_ratios or {}).items()}
     scores = np.asarray(scores, np.float64)
     if scores.shape != (analysis.n_classes,):
         raise InvalidArgumentError(
@@ -197,3 +245,86 @@ def select(
         removed[index.limit(g.id, order, k)] = True
     settings = dict(ratio=ratio, global_pruning=global_pruning, max_ratio=max_ratio, round_to=int(round_to))
     return PruningPlan(analysis, removed, settings)
+
+
+# ---- targets -------------------------------------------------------------------------------------
+
+
+def resolve_target(name, value, base) -> float:
+    """A target given as a fraction of ``base`` (``0.5``) or an absolute count (validated as a positive
+    number by :class:`~spa_keras.config.PruningConfig`), as an absolute count."""
+    target = value * base if value <= 1 else value
+    if target > base:
+        raise InvalidArgumentError(f"{name}={value!r} is more than the model has ({base:,})")
+    return target
+
+
+def search(analysis, scores, measure, target, **options) -> PruningPlan:
+    """The plan that lands closest to ``target``: bisection on the ratio (the measure falls as the ratio
+    grows), then, where one ratio step moves many groups at once (a DenseNet's 32-channel groups), the
+    classes between the two bracketing plans are added one by one, least important first."""
+    lo, hi = 0.0, 0.999
+    above = below = best = None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        p = select(analysis, scores, ratio=mid, **options)
+        value = measure(p)
+        if best is None or abs(value - target) < abs(best[1] - target):
+            best = (p, value)
+        if abs(value - target) <= 1e-4 * target:
+            break
+        if value > target:
+            lo, above = mid, p
+        else:
+            hi, below = mid, p
+    if abs(best[1] - target) > 1e-3 * target and above is not None and below is not None and options.get("round_to", 1) == 1:
+        extra = np.nonzero(below.removed_classes & ~above.removed_classes)[0]
+        extra = extra[np.argsort(normalize(scores, analysis, "mean")[extra], kind="stable")]
+        k_lo, k_hi = 0, len(extra)
+        while k_lo < k_hi:
+            k = (k_lo + k_hi) // 2
+            removed = above.removed_classes.copy()
+            removed[extra[:k]] = True
+            p = PruningPlan(analysis, removed, above.settings)
+            value = measure(p)
+            if abs(value - target) < abs(best[1] - target):
+                best = (p, value)
+            k_lo, k_hi = (k + 1, k_hi) if value > target else (k_lo, k)
+    if abs(best[1] - target) > 0.01 * target and above is not None and options.get("round_to", 1) == 1:
+        best = fill(analysis, scores, measure, target, above, best, options.get("max_ratio", 1.0))
+    p, value = best
+    if abs(value - target) > 0.01 * target:
+        warnings.warn(
+            f"the target ({target:,.0f}) could not be reached within 1%: the closest plan has {value:,.0f} "
+            "(the groups are too coarse, or max_ratio/ignored_layers hold too much)"
+        )
+    return p
+
+
+def fill(analysis, scores, measure, target, above, best, max_ratio, tries: int = 400):
+    """Last resort when single units are coarse (an attention head): starting from the plan just above
+    the target, add the least important classes one at a time while the result stays above
+    ``target - 1%``, keeping every producer non-empty and every group within ``max_ratio``."""
+    removed = above.removed_classes.copy()
+    norm = normalize(scores, analysis, "mean")
+    candidates = np.nonzero(~removed & np.isfinite(norm))[0]
+    candidates = candidates[candidates != analysis.fixed_class]
+    candidates = candidates[np.argsort(norm[candidates], kind="stable")][:tries]
+    sizes = np.array([g.size for g in analysis.groups])
+    for c in candidates:
+        trial = removed.copy()
+        trial[c] = True
+        lost = np.bincount(analysis.space_of[trial[analysis.class_of]], minlength=len(analysis.space_sizes))
+        g = analysis.group_of_class[c]
+        if np.any(lost[1:] >= analysis.space_sizes[1:]) or trial[analysis.groups[g].classes].sum() > max_ratio * sizes[g]:
+            continue
+        p = PruningPlan(analysis, trial, above.settings)
+        value = measure(p)
+        if value < target * 0.99:
+            continue
+        removed = trial
+        if abs(value - target) < abs(best[1] - target):
+            best = (p, value)
+        if abs(value - target) <= 0.01 * target:
+            break
+    return best

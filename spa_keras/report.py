@@ -50,7 +50,7 @@ class Report:
                     macs_after=int(node_macs(g, node, plan)),
                 )
             )
-        settings = {k: v for k, v in plan.settings.items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+        settings = {k: v for k, v in plan.settings.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
         return cls(g.name, count_macs(g), count_macs(g, plan), count_params(g), count_params(g, plan), rows,
                    held_fixed(g), settings)
 
@@ -155,14 +155,14 @@ class Report:
     @classmethod
     def check_paths(cls, report, overwrite: bool = False) -> dict:
         """The paths :meth:`save` will write; an error, before any work, if one exists and not ``overwrite``."""
-        from .errors import InvalidArgumentError
+        from .errors import OutputExistsError
 
         paths = cls.paths(report)
         if not overwrite:
             for p in paths.values():
                 if os.path.exists(p):
-                    raise InvalidArgumentError(f"report file {p!r} exists; pass overwrite=True (--force) "
-                                               "or choose another report path")
+                    raise OutputExistsError(f"report file {p!r} exists; pass overwrite=True (--overwrite) "
+                                            "or choose another report path")
         return paths
 
     def save(self, report, overwrite: bool = False) -> dict:

@@ -51,11 +51,20 @@ def test_bn_scale_prefers_the_smallest_gamma():
     assert removed_c1(model, "bn_scale") == {2}
 
 
-def test_bn_scale_keeps_channels_it_cannot_score():
+def test_bn_scale_without_any_batchnorm_is_an_error_not_a_silent_no_op():
     inp = keras.Input((8,))
     out = L.Dense(3)(L.Dense(8, activation="relu", name="d1")(inp))
-    plan = spa.plan(keras.Model(inp, out), ratio=0.5, criterion="bn_scale")
-    assert plan.n_removed == 0
+    with pytest.raises(spa.InvalidArgumentError, match="bn_scale.*'no_bn' has no such scale.*l2"):
+        spa.plan(keras.Model(inp, out, name="no_bn"), ratio=0.5, criterion="bn_scale")
+
+
+def test_bn_scale_keeps_the_channels_it_cannot_score():
+    inp = keras.Input((6, 6, 3))
+    x = L.BatchNormalization(name="bn")(L.Conv2D(8, 3, name="c")(inp))
+    x = L.Dense(8, activation="relu", name="d1")(L.GlobalAveragePooling2D()(L.ReLU()(x)))
+    plan = spa.plan(keras.Model(inp, L.Dense(3)(x)), ratio=0.5, criterion="bn_scale")
+    removed = plan.removed()
+    assert len(removed["c"]) == 4 and "d1" not in removed
 
 
 def test_random_is_seeded_and_counts_right():
@@ -110,7 +119,7 @@ def test_callable_criterion_and_unknown_name():
         return scores
 
     assert removed_c1(small_net(), prefer_channel_zero) == {0}
-    with pytest.raises(spa.InvalidArgumentError, match="unknown criterion"):
+    with pytest.raises(spa.InvalidArgumentError, match="criterion must be one of"):
         spa.plan(small_net(), criterion="l3")
 
 
@@ -121,3 +130,13 @@ def test_every_criterion_prunes_resnet_style_model(criterion):
     kw = dict(data=data) if criterion in ("taylor", "hessian", "snip") else {}
     slim, plan = check_pruned(model, 0.3, criterion=criterion, global_pruning=True, **kw)
     assert plan.n_removed > 0
+
+
+def test_lamp_and_l2_give_different_plans_under_global_pruning():
+    keras.utils.set_random_seed(0)
+    m = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10)
+    widths = {c: spa.plan(m, ratio=0.5, global_pruning=True, criterion=c).widths() for c in ("l2", "lamp")}
+    assert widths["l2"] != widths["lamp"]
+    # LAMP normalises within each group by the scores above it; asking for mean normalisation gives L2's plan
+    same = spa.plan(m, ratio=0.5, global_pruning=True, criterion="lamp", normalization="mean").widths()
+    assert same == widths["l2"]

@@ -232,7 +232,7 @@ def test_an_existing_output_is_never_overwritten_without_force(files, tmp_path):
         spa.prune(onnx_path, output=str(onnx_out))
     assert out.read_bytes() == b"precious" and onnx_out.read_bytes() == b"precious"
     r = cli("prune", keras_path, "-o", str(out))
-    assert r.returncode == 2 and str(out) in r.stderr and "--force" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and str(out) in r.stderr and "--overwrite" in r.stderr and "Traceback" not in r.stderr
     assert out.read_bytes() == b"precious"
     before = sha(keras_path)
     r = cli("prune", keras_path, "-o", str(out), "--force")

@@ -216,59 +216,19 @@ def test_unknown_op_is_held_fixed_and_reported():
     assert "c1_c" not in plan.removed() and "c2_c" in plan.removed()
 
 
-# ---- PyTorch exports -------------------------------------------------------------------------------
+# ---- PyTorch exports (the CPU torch; these tests are skipped without it, the ones above are not) -------
 
-torch = pytest.importorskip("torch")
-nn = torch.nn
-
-
-class Residual(nn.Module):
-    def __init__(self, c=16):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
-                                  nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
-        self.head = nn.Linear(c, 10)
-
-    def forward(self, x):
-        x = self.stem(x)
-        x = torch.relu(x + self.body(x))
-        return self.head(x.mean((2, 3)))
+try:
+    import torch
+except ImportError:  # the tests above need no torch
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 
-class DepthwiseSE(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.expand = nn.Sequential(nn.Conv2d(3, 24, 1), nn.BatchNorm2d(24), nn.ReLU6())
-        self.dw = nn.Sequential(nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.BatchNorm2d(24), nn.Hardswish())
-        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(24, 6, 1), nn.ReLU(), nn.Conv2d(6, 24, 1),
-                                nn.Hardsigmoid())
-        self.project = nn.Conv2d(24, 16, 1)
-        self.branch = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = nn.Linear(24 * 4 * 4, 5)
+def module(name):
+    import torch_models
 
-    def forward(self, x):
-        y = self.dw(self.expand(x))
-        y = self.project(y * self.se(y))
-        y = torch.cat([y, torch.relu(self.branch(x))], 1)
-        y = nn.functional.adaptive_avg_pool2d(y, 4)
-        return self.fc(torch.flatten(y, 1))
-
-
-class Attention(nn.Module):
-    def __init__(self, d=16):
-        super().__init__()
-        self.embed = nn.Linear(6, d)
-        self.attn = nn.MultiheadAttention(d, 4, batch_first=True)
-        self.norm = nn.LayerNorm(d)
-        self.mlp = nn.Sequential(nn.Linear(d, 32), nn.GELU(), nn.Linear(32, d))
-        self.out = nn.Linear(d, 3)
-
-    def forward(self, x):
-        x = self.embed(x)
-        x = x + self.attn(x, x, x, need_weights=False)[0]
-        x = x + self.mlp(self.norm(x))
-        return self.out(x.mean(1))
+    return getattr(torch_models, name)()
 
 
 def export(module, shape, dynamo):
@@ -276,7 +236,7 @@ def export(module, shape, dynamo):
         pytest.importorskip("onnxscript")
     module.eval()
     for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)
             m.running_var.uniform_(0.5, 2)
             m.bias.data.uniform_(-0.5, 0.5)
@@ -289,12 +249,13 @@ def export(module, shape, dynamo):
     return model
 
 
+@needs_torch
 @pytest.mark.parametrize("dynamo", [False, True])
-@pytest.mark.parametrize("module,shape", [(Residual, (2, 3, 8, 8)), (DepthwiseSE, (2, 3, 8, 8)),
-                                          (Attention, (2, 5, 6))])
-def test_pytorch_exports_prune_and_pass_the_oracle(module, shape, dynamo):
+@pytest.mark.parametrize("name,shape", [("Residual", (2, 3, 8, 8)), ("DepthwiseSE", (2, 3, 8, 8)),
+                                        ("Attention", (2, 5, 6))])
+def test_pytorch_exports_prune_and_pass_the_oracle(name, shape, dynamo):
     torch.manual_seed(0)
-    model = export(module(), shape, dynamo)
+    model = export(module(name), shape, dynamo)
     slim, plan = check_onnx(model)
     assert plan.n_removed > 0
 
@@ -302,14 +263,15 @@ def test_pytorch_exports_prune_and_pass_the_oracle(module, shape, dynamo):
 # ---- the bridge to Keras and back -------------------------------------------------------------------
 
 
+@needs_torch
 @pytest.mark.parametrize("dynamo", [False, True])
-@pytest.mark.parametrize("module,shape", [(Residual, (2, 3, 8, 8)), (DepthwiseSE, (2, 3, 8, 8)),
-                                          (Attention, (2, 5, 6))])
-def test_from_onnx_matches_onnxruntime_saves_and_prunes(module, shape, dynamo, tmp_path):
+@pytest.mark.parametrize("name,shape", [("Residual", (2, 3, 8, 8)), ("DepthwiseSE", (2, 3, 8, 8)),
+                                        ("Attention", (2, 5, 6))])
+def test_from_onnx_matches_onnxruntime_saves_and_prunes(name, shape, dynamo, tmp_path):
     import keras
 
     torch.manual_seed(0)
-    model = export(module(), shape, dynamo)
+    model = export(module(name), shape, dynamo)
     k = spa.from_onnx(model)
     x = RNG.standard_normal(shape).astype("float32")
     np.testing.assert_allclose(np.asarray(k(x)), run_onnx(model, x)[0], rtol=1e-4, atol=1e-5)
@@ -321,14 +283,15 @@ def test_from_onnx_matches_onnxruntime_saves_and_prunes(module, shape, dynamo, t
     assert slim.count_params() < k.count_params()
 
 
+@needs_torch
 def test_pytorch_to_onnx_to_pruned_keras_to_savedmodel(tmp_path):
     import tensorflow as tf
 
     torch.manual_seed(0)
-    module = DepthwiseSE()
-    model = export(module, (2, 3, 8, 8), False)
+    net = module("DepthwiseSE")
+    model = export(net, (2, 3, 8, 8), False)
     x = RNG.standard_normal((2, 3, 8, 8)).astype("float32")
-    ref = module(torch.from_numpy(x)).detach().numpy()
+    ref = net(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(run_onnx(model, x)[0], ref, rtol=1e-4, atol=1e-5)  # torch == onnx
     og = from_onnx_model(model)
     plan = spa.plan(og, ratio=0.5)
@@ -356,11 +319,42 @@ def test_to_onnx_handles_exact_gelu_and_matches():
     np.testing.assert_allclose(run_onnx(proto, data)[0], np.asarray(model(data)), rtol=1e-4, atol=1e-5)
 
 
+@needs_torch
 def test_pruned_onnx_loads_back_into_pytorch_with_onnx2torch():
     onnx2torch = pytest.importorskip("onnx2torch")  # needs torchvision: torch 2.14.1 + torchvision 0.29.1
     torch.manual_seed(0)
-    model = export(Residual(), (2, 3, 8, 8), False)
+    model = export(module("Residual"), (2, 3, 8, 8), False)
     slim = spa.prune(model, ratio=0.5)
     back = onnx2torch.convert(slim)
     x = RNG.standard_normal((2, 3, 8, 8)).astype("float32")
     np.testing.assert_allclose(back(torch.from_numpy(x)).detach().numpy(), run_onnx(slim, x)[0], rtol=1e-4, atol=1e-5)
+
+
+@needs_torch
+def test_obspa_prunes_an_onnx_resnet18_directly_and_passes_the_oracle_on_onnxruntime():
+    torch.manual_seed(0)
+    model = export(module("resnet18"), (4, 3, 32, 32), False)  # a fixed batch of 4; BatchNorm folded into the convs
+    og = from_onnx_model(model)
+    x = np.clip(RNG.standard_normal((64, 3, 32, 32)), -2, 2).astype("float32")
+    plan = spa.plan(og, ratio=0.5, algorithm="obspa", calibration_data=x, verbose=False)
+    assert plan.settings["algorithm"] == "obspa" and plan.compensation  # consumers were re-fitted
+    assert all(k in og.arrays for k in plan.compensation)
+    slim = spa.apply(plan)
+    test = x[:4]
+    assert verify_onnx(og, plan, slim, test)["passed"]  # pruned == compensated and zeroed, in onnxruntime
+    plain_plan = spa.plan(og, ratio=0.5, verbose=False)
+    ref = run_onnx(model, test)[0]
+    err = lambda m: float(np.mean((run_onnx(m, test)[0] - ref) ** 2))  # noqa: E731
+    assert err(slim) < err(spa.apply(plain_plan))
+
+
+def test_the_tests_built_with_onnx_helper_run_without_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; import pytest; "  # as if torch were not installed
+            f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-k', 'macs_by_hand or bad_onnx or "
+            f"unknown_op or pytorch_exports', {__file__!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "3 passed" in r.stdout and "6 skipped" in r.stdout, r.stdout

@@ -33,30 +33,29 @@ def check(algorithm, options: dict | None) -> dict:
 
 
 class PostTraining:
-    """One run of a post-training algorithm inside :func:`spa_keras.plan`: it gathers the samples, may
-    re-score the channels (OBSPA), and equips the finished plan with how it is applied (OBSPA's
-    compensation, BatchNorm re-estimation, the reconstruction)."""
+    """One run of a post-training algorithm for :func:`spa_keras.plan`/:func:`spa_keras.prune`: it
+    gathers the samples, may re-score the channels (OBSPA), gives the finished plan its compensation
+    (arrays: OBSPA's re-fitted consumers, or the reconstruction's phase-1 weights), and, once the plan is
+    written, finishes the slim model (:meth:`after_apply`: BatchNorm re-estimation, phase 2).
 
-    def __init__(self, algorithm, kg, calibration_data=None, samples=None, data_free="bn", options=None,
+    ``model`` is the frontend's graph object (:class:`~spa_keras.frontends.base.ModelView`): OBSPA runs on
+    any (Keras, ONNX); the reconstruction needs one that trains (Keras).
+    """
+
+    def __init__(self, algorithm, model, calibration_data=None, samples=None, data_free="bn", options=None,
                  verbose=None):
         import time
 
-        from ..frontends.keras import KerasGraph
-
         self.algorithm = algorithm
         self.options = check(algorithm, options)
-        if not isinstance(kg, KerasGraph):
-            raise InvalidArgumentError(f"algorithm {algorithm!r} works on Keras models: convert the ONNX model "
-                                       "with spa.from_onnx first")
-        if samples is not None and (isinstance(samples, bool) or int(samples) != samples or samples < 1):
-            raise InvalidArgumentError(f"calibration_samples must be a positive integer, got {samples!r}")
-        if data_free not in SOURCES:
-            raise InvalidArgumentError(f"data_free must be one of {SOURCES}, got {data_free!r}")
-        self.kg, self.verbose = kg, verbose is not False
+        if algorithm == "reconstruct" and not model.trainable:
+            raise InvalidArgumentError(f"algorithm 'reconstruct' trains the model, and {model.kind} models cannot "
+                                       "be trained here: use algorithm='obspa', or convert with spa.from_onnx first")
+        self.model, self.verbose = model, verbose is not False
         self.calibrated = calibration_data is not None
         self.source = "calibration" if self.calibrated else data_free
         t0 = time.perf_counter()
-        self.inputs = inputs_for(kg, calibration_data, samples, data_free, self.options.pop("synthetic_steps"),
+        self.inputs = inputs_for(model, calibration_data, samples, data_free, self.options.pop("synthetic_steps"),
                                  self.verbose)
         self.seconds_inputs = time.perf_counter() - t0
         self.obspa = None
@@ -77,43 +76,46 @@ class PostTraining:
 
         if options["strategy"] is None and tf.distribute.has_strategy():
             options["strategy"] = tf.distribute.get_strategy()  # called inside strategy.scope()
-        self.obspa = OBSPA(self.kg, analysis, self.inputs, verbose=self.verbose, **options)
+        self.obspa = OBSPA(self.model, analysis, self.inputs, verbose=self.verbose, **options)
         return self.obspa.scores(scores)
 
     def finish(self, plan):
-        """Record the run in ``plan.settings`` and attach how the plan is applied."""
-        plan.settings.update(algorithm=self.algorithm, samples=len(self.inputs[0]), source=self.source,
-                             seconds_inputs=round(self.seconds_inputs, 3))
-        if self.obspa is not None:
-            plan.compensation = self.obspa.compensation(plan)
-        if self.algorithm == "reconstruct":
-            plan.builder = self._reconstructed
-        elif self.options["recalibrate_bn"] and self.calibrated:
-            plan.builder = self._recalibrated
+        """Record the run in the plan's settings and give it its compensation."""
+        plan.record(algorithm=self.algorithm, samples=len(self.inputs[0]), source=self.source,
+                    seconds_inputs=round(self.seconds_inputs, 3))
+        if self.algorithm == "reconstruct" and self.obspa is None:
+            from .reconstruct import phase1
+
+            o = self.options
+            arrays, history = phase1(self.model, plan, self.inputs, self._epochs()[0], o["learning_rate"],
+                                     o["decay"], o["batch_size"], self.verbose)
+            plan.compensate(arrays).record(reconstruction_loss={"phase1": history, "phase2": []})
+        elif self.obspa is not None:
+            plan.compensate(self.obspa.compensation(plan))
         return plan
 
-    def _recalibrated(self, kg, plan):
-        from ..backends.keras import apply_plan
-        from ..frontends.keras import from_keras
-        from .reconstruct import reestimate_batchnorm
+    def _epochs(self):
+        e = self.options["epochs"]
+        return (e, e) if isinstance(e, int) else tuple(e)
 
-        slim = apply_plan(kg, plan, transform=plan.compensation)
-        reestimate_batchnorm(from_keras(slim, **kg.options), self.inputs, self.options["batch_size"])
-        return slim
+    def after_apply(self, plan, slim) -> None:
+        """Finish the written model in place (``slim``, its frontend graph object): re-estimate its
+        BatchNorm statistics on the samples (with calibration data), then the reconstruction's phase 2."""
+        from .reconstruct import phase2, reestimate_batchnorm
 
-    def _reconstructed(self, kg, plan):
-        from ..backends.keras import apply_plan
-        from .reconstruct import reconstruct
+        batch = self.options["batch_size"]
+        if self.algorithm == "reconstruct":
+            reestimate_batchnorm(slim, self.inputs, batch)
+            o = self.options
+            history = phase2(self.model, slim, plan, self.inputs, self._epochs()[1], o["learning_rate"], batch,
+                             self.verbose)
+            losses = dict(plan.settings.get("reconstruction_loss") or {"phase1": []})
+            plan.record(reconstruction_loss={**losses, "phase2": history})
+        elif self.options["recalibrate_bn"] and self.calibrated and slim.traceable:
+            reestimate_batchnorm(slim, self.inputs, batch)
 
-        options = dict(self.options)
-        if options.pop("start") == "obspa":
-            options["start"] = apply_plan(kg, plan, transform=plan.compensation)
-        slim, history = reconstruct(kg, plan, self.inputs, verbose=self.verbose, **options)
-        plan.settings["reconstruction_loss"] = history
-        return slim
 
-
-def inputs_for(kg, calibration_data, samples: int | None, data_free: str, steps: int, verbose: bool = False):
+def inputs_for(model, calibration_data, samples: int | None, data_free: str, steps: int, verbose: bool = False):
     """The samples an algorithm learns from: ``samples`` of the calibration data, or, without data,
     ``samples`` synthetic inputs from ``data_free`` (``"bn"`` or ``"random"``)."""
     from tqdm.auto import tqdm
@@ -121,10 +123,10 @@ def inputs_for(kg, calibration_data, samples: int | None, data_free: str, steps:
     from .sources import calibration_inputs, synthetic_inputs
 
     if calibration_data is not None:
-        return calibration_inputs(kg, calibration_data, samples or 512)
+        return calibration_inputs(model, calibration_data, samples or 512)
     n = samples or 256
     with tqdm(total=n, desc=f"synthetic inputs ({data_free})", unit="sample", disable=not verbose) as bar:
-        return synthetic_inputs(kg, n, data_free, steps=steps, progress=bar)
+        return synthetic_inputs(model, n, data_free, steps=steps, progress=bar)
 
 
 __all__ = ["ALGORITHMS", "OPTIONS", "SOURCES", "PostTraining", "check", "inputs_for"]

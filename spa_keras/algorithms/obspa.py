@@ -12,18 +12,21 @@ which is the least-squares re-fit of the layer's outputs from the features that 
 of a group is read by every consumer of the group, so its loss is the sum over those consumers, and
 the compensation is applied to each of them.
 
+The consumers are what the frontend shows as a :class:`~spa_keras.frontends.base.LinearView` (Keras
+``Dense``, 2-D ``EinsumDense`` and ``Conv1D/2D/3D``; ONNX ``MatMul``, ``Gemm`` and ``Conv``), with
+their kernels in a canonical channels-last layout, so the same code re-fits Keras and ONNX models.
 What a "row" is, per consumer:
 
-- ``Dense`` (any input rank) and 1x1-equivalent reads: one row per input channel (exact).
-- ``Conv2D`` with ``groups=1``: one row per (kernel offset, input channel), from the unfolded input
-  patches (exact, the ``H`` of the im2col matrix), while ``kh*kw*C_in`` is at most ``max_dim``.
-- Larger ``Conv2D`` and every ``Conv1D``/``Conv3D``: the *channel covariance* approximation
+- A dense layer (any input rank): one row per input channel (exact).
+- A 2-D convolution with ``groups=1``: one row per (kernel offset, input channel), from the unfolded
+  input patches (exact, the ``H`` of the im2col matrix), while ``kh*kw*C_in`` is at most ``max_dim``.
+- Larger 2-D convolutions and every 1-D/3-D one: the *channel covariance* approximation
   ``H ≈ I_offsets ⊗ Σ_c`` with ``Σ_c`` the covariance of input channels over every position. Each
   kernel offset is then re-fitted on its own (a removed channel predicted from the kept channels at
   the same position); correlations across offsets are ignored.
-- A ``Dense`` after ``Flatten``: the rows of one channel are its ``H*W`` positions (exact).
+- A wide dense layer after a channels-last ``Flatten``: the channel covariance over positions.
 
-When the consumer has a bias, or its output goes straight into a ``BatchNormalization``, the features
+When the consumer has a bias, or its output goes straight into a batch normalisation, the features
 get a constant 1 so that the mean a removed channel carried moves into the bias (or the BN's moving
 mean). Selection is greedy per group: blocks of about 1/32 of the group are removed, each the block
 of least summed loss given the blocks before it, and every class is scored by the group's cumulative
@@ -41,68 +44,55 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import keras
 import numpy as np
 import tensorflow as tf
-
-from ..graph import BIAS, WEIGHT
-
-L = keras.layers
 
 
 @dataclass
 class Consumer:
     """A layer whose kernel reads channels of pruned groups and can be re-fitted by OBS."""
 
-    node: object  # graph Node
-    kernel: object  # graph Param
-    bias: object  # graph Param or None
+    view: object  # the frontend's LinearView (kernel, bias, geometry, layouts)
     row_cls: np.ndarray  # class of every row of the matrix (the constant row, if any, is fixed)
     mode: str  # "dense", "patches" or "channels"
     augmented: bool  # a constant-1 feature carries the bias
-    bn: tuple = None  # (BN node, moving-mean Param) that absorbs the bias change when there is no bias
-    nodes: list = field(default_factory=list)  # every call of a shared kernel
+    bn_mean: object = None  # the following BatchNorm's moving-mean Param, which absorbs the bias change
+    views: list = field(default_factory=list)  # every call of a shared kernel
     cin: int = 0  # "channels" mode: the channels one position of the input holds
 
     @property
+    def node(self):
+        return self.view.node
+
+    @property
+    def kernel(self):
+        return self.view.kernel
+
+    @property
+    def bias(self):
+        return self.view.bias
+
+    @property
     def key(self):
-        return self.kernel.key
+        return self.view.kernel.key
 
     @property
     def dim(self) -> int:
         return len(self.row_cls)
 
 
-def _kernel_and_bias(node):
-    kernel = bias = None
-    for p in node.params:
-        if p.role == WEIGHT and any(r.side == "in" for r in p.axes.values()):
-            kernel = p
-        elif p.role == BIAS and p.name.endswith("bias"):
-            bias = p
-    return kernel, bias
-
-
-def _following_bn(graph, node, readers):
-    """The BatchNormalization that alone reads ``node``'s output, with its moving-mean parameter."""
+def _following_bn(model, node, readers):
+    """The moving mean of the batch normalisation that alone reads ``node``'s output, or None."""
     users = readers.get(node.outputs[0], [])
-    if len(users) != 1:
-        return None
-    user = users[0]
-    op = user.ref[0] if isinstance(user.ref, tuple) else None
-    if not isinstance(op, L.BatchNormalization):
-        return None
-    for p in user.params:
-        if p.name.endswith("moving_mean"):
-            return user, p
-    return None
+    bn = model.batchnorm(users[0]) if len(users) == 1 else None
+    return None if bn is None else bn.mean
 
 
 def _flattened_channels(graph, node, cls, producer) -> int:
     """The channel count of the tensor a Flatten turned into ``node``'s input (0 if it was not a
     channels-last Flatten whose rows repeat the channels at every position)."""
     prev = producer.get(node.inputs[0])
-    if prev is None or prev.kind != "flatten":
+    if prev is None or prev.kind != "flatten" or prev.attrs.get("channel_major"):
         return 0
     c = graph.tensors[prev.inputs[0]].channels
     if c <= 0 or len(cls) % c or not np.array_equal(cls, np.tile(cls[:c], len(cls) // c)):
@@ -110,9 +100,10 @@ def _flattened_channels(graph, node, cls, producer) -> int:
     return c
 
 
-def find_consumers(kg, analysis, max_dim: int = 2048) -> list:
-    """Every OBS-compensable consumer of a prunable channel: ``Dense`` and ``Conv1D/2D/3D`` with
-    ``groups == 1`` in channels_last layout whose input axis reads at least one prunable class."""
+def find_consumers(model, analysis, max_dim: int = 2048) -> list:
+    """Every OBS-compensable consumer of a prunable channel: the layers the frontend shows as a
+    :class:`~spa_keras.frontends.base.LinearView` (dense layers, convolutions with ``groups == 1``) whose
+    input axis reads at least one prunable class. ``model`` is the frontend's graph object."""
     graph = analysis.graph
     readers: dict = {}
     producer: dict = {}
@@ -123,18 +114,12 @@ def find_consumers(kg, analysis, max_dim: int = 2048) -> list:
             producer[t] = node
     found: dict = {}
     for node in graph.nodes:
-        op = node.ref[0] if isinstance(node.ref, tuple) else None
-        is_dense = isinstance(op, L.Dense)
-        is_conv = isinstance(op, (L.Conv1D, L.Conv2D, L.Conv3D)) and getattr(op, "groups", 1) == 1
-        if not (is_dense or is_conv) or node.kind != "linear":
+        view = model.linear(node)
+        if view is None:
             continue
-        if is_conv and getattr(op, "data_format", "channels_last") != "channels_last":
-            continue
-        kernel, bias = _kernel_and_bias(node)
-        if kernel is None:
-            continue
+        kernel = view.kernel
         if kernel.key in found:
-            found[kernel.key].nodes.append(node)
+            found[kernel.key].views.append(view)
             continue
         in_axis = next(a for a, r in kernel.axes.items() if r.side == "in")
         ref = kernel.axes[in_axis]
@@ -144,57 +129,59 @@ def find_consumers(kg, analysis, max_dim: int = 2048) -> list:
         if np.all(cls == analysis.fixed_class):
             continue
         cin = 0
-        if is_dense and len(cls) <= max_dim:
+        if view.kind == "dense" and len(cls) <= max_dim:
             mode, rows = "dense", cls
-        elif is_dense:  # a wide Dense after Flatten: the channel covariance over positions
+        elif view.kind == "dense":  # a wide Dense after Flatten: the channel covariance over positions
             cin = _flattened_channels(graph, node, cls, producer)
             if not cin:
                 continue
             mode, rows = "channels", cls[:cin]
         else:
-            offsets = int(np.prod(op.kernel_size))
-            exact = (isinstance(op, L.Conv2D) and op.padding in ("same", "valid")
-                     and offsets * len(cls) <= max_dim)
+            offsets = int(np.prod(view.kernel_size))
+            exact = len(view.kernel_size) == 2 and offsets * len(cls) <= max_dim
             mode, rows = ("patches", np.tile(cls, offsets)) if exact else ("channels", cls)
             cin = len(cls)
-        bn = None if bias is not None else _following_bn(graph, node, readers)
-        augmented = bias is not None or bn is not None
+        bn_mean = None if view.bias is not None else _following_bn(model, node, readers)
+        augmented = view.bias is not None or bn_mean is not None
         if augmented:
             rows = np.concatenate([rows, [analysis.fixed_class]])
-        found[kernel.key] = Consumer(node, kernel, bias, np.asarray(rows, np.int64), mode,
-                                     augmented, bn, [node], cin)
+        found[kernel.key] = Consumer(view, np.asarray(rows, np.int64), mode, augmented, bn_mean, [view], cin)
     return list(found.values())
 
 
 # ---- features and Hessians --------------------------------------------------------------------------
 
 
-def features(consumer: Consumer, x):
-    """The rows the consumer's matrix multiplies, one line per output position: ``(n, dim)``."""
-    op = consumer.node.ref[0]
+def features(consumer: Consumer, view, x):
+    """The rows the consumer's matrix multiplies, one line per output position: ``(n, dim)``; ``view``
+    is the call (of a possibly shared kernel) that read ``x``."""
     x = tf.cast(x, tf.float64)  # float64 products: an exactly rank-deficient H stays positive semi-definite
+    if view.channels_first:
+        x = tf.transpose(x, [0] + list(range(2, len(x.shape))) + [1])
     if consumer.mode == "patches":
-        kh, kw = op.kernel_size
-        sh, sw = op.strides
-        dh, dw = op.dilation_rate
-        x = tf.image.extract_patches(x, [1, kh, kw, 1], [1, sh, sw, 1], [1, dh, dw, 1], op.padding.upper())
+        (kh, kw), (sh, sw), (dh, dw) = view.kernel_size, view.strides, view.dilation
+        padding = view.padding
+        if not isinstance(padding, str):
+            x = tf.pad(x, [[0, 0], list(padding[0]), list(padding[1]), [0, 0]])
+            padding = "valid"
+        x = tf.image.extract_patches(x, [1, kh, kw, 1], [1, sh, sw, 1], [1, dh, dw, 1], padding.upper())
     f = tf.reshape(x, (-1, consumer.cin if consumer.mode == "channels" else x.shape[-1]))
     if consumer.augmented:
         f = tf.concat([f, tf.ones_like(f[:, :1])], axis=1)
     return f
 
 
-def hessian_step(kg, consumers):
-    """``step(x) -> [Σ xxᵀ per consumer]`` over one batch, traceable."""
-    keep = {n.inputs[0] for c in consumers for n in c.nodes}
+def hessian_step(model, consumers):
+    """``step(x) -> [Σ xxᵀ per consumer]`` over one batch (traceable when the model's runner is)."""
+    keep = {v.source for c in consumers for v in c.views}
 
     def step(x):
-        values = kg.run(x, keep=keep)
+        values = model.run(x, keep=keep)
         out = []
         for c in consumers:
             total = 0.0
-            for n in c.nodes:
-                f = features(c, values[n.inputs[0]])
+            for v in c.views:
+                f = features(c, v, values[v.source])
                 total = total + tf.matmul(f, f, transpose_a=True)
             out.append(total)
         return out
@@ -202,15 +189,19 @@ def hessian_step(kg, consumers):
     return step
 
 
-def accumulate_hessians(kg, consumers, inputs, batch_size: int = 32, strategy=None, progress=None) -> dict:
+def accumulate_hessians(model, consumers, inputs, batch_size: int = 32, strategy=None, progress=None) -> dict:
     """``{kernel key: Σ x xᵀ}`` (float64 NumPy) over ``inputs`` (arrays, one per model input), in batches.
 
-    Each batch runs as one ``tf.function``; under ``strategy`` the batch is split across replicas and
-    the per-replica sums are reduced with ``ReduceOp.SUM``.
+    Each batch runs as one ``tf.function`` when the model's runner is traceable (a Keras model; an ONNX
+    model runs in onnxruntime, eagerly); under ``strategy`` the batch is split across replicas and the
+    per-replica sums are reduced with ``ReduceOp.SUM``.
     """
-    step = hessian_step(kg, consumers)
+    step = hessian_step(model, consumers)
     data = tf.data.Dataset.from_tensor_slices(tuple(inputs)).batch(batch_size)
-    if strategy is None:
+    if not model.traceable:
+        fn = step
+        data = data.as_numpy_iterator()
+    elif strategy is None:
         fn = tf.function(step, reduce_retracing=True)
     else:
         data = strategy.experimental_distribute_dataset(data)
@@ -222,7 +213,7 @@ def accumulate_hessians(kg, consumers, inputs, batch_size: int = 32, strategy=No
         fn = tf.function(replicated, reduce_retracing=True)
     sums = [np.zeros((c.dim, c.dim)) for c in consumers]
     for x in data:
-        for i, h in enumerate(fn(x)):
+        for i, h in enumerate(fn(list(x) if isinstance(x, tuple) else x)):
             sums[i] += np.asarray(h, np.float64)
         if progress is not None:
             progress.update(1)
@@ -233,7 +224,8 @@ def accumulate_hessians(kg, consumers, inputs, batch_size: int = 32, strategy=No
 
 
 def matrix(consumer: Consumer, kernel: np.ndarray, bias) -> np.ndarray:
-    """The consumer's weights as the ``(dim, columns)`` matrix its features multiply."""
+    """The consumer's weights (``kernel`` in the canonical layout ``(*kernel_size, c_in, c_out)``) as the
+    ``(dim, columns)`` matrix its features multiply."""
     cout = kernel.shape[-1]
     if consumer.mode == "channels":
         cin = consumer.cin
@@ -249,7 +241,7 @@ def matrix(consumer: Consumer, kernel: np.ndarray, bias) -> np.ndarray:
 
 
 def unmatrix(consumer: Consumer, w: np.ndarray, kernel: np.ndarray, bias):
-    """Kernel and bias change back from a (compensated) matrix: ``(kernel, bias_delta)``."""
+    """Canonical kernel and bias change back from a (compensated) matrix: ``(kernel, bias_delta)``."""
     cout = kernel.shape[-1]
     delta = None
     if consumer.augmented:
@@ -413,22 +405,23 @@ def group_scores(group, consumers, states, progress=None, blocks: int = 32):
 
 
 class OBSPA:
-    """OBSPA on one Keras model: Hessians once, then scores for selection and compensation for a plan.
+    """OBSPA on one model (the frontend's graph object, Keras or ONNX): Hessians once, then scores for
+    selection and compensation for a plan.
 
-    >>> # o = OBSPA(kg, analysis, inputs); plan = select(analysis, o.scores(fallback), 0.5)
-    >>> # slim = apply_plan(kg, plan, transform=o.compensation(plan))
+    >>> # o = OBSPA(model, analysis, inputs); plan = select(analysis, o.scores(fallback), 0.5)
+    >>> # plan.compensate(o.compensation(plan)); slim = spa.apply(plan)
     """
 
-    def __init__(self, kg, analysis, inputs, damp: float = 1e-2, batch_size: int = 32, strategy=None,
+    def __init__(self, model, analysis, inputs, damp: float = 1e-2, batch_size: int = 32, strategy=None,
                  max_dim: int = 2048, blocks: int = 32, verbose: bool = False):
         from tqdm.auto import tqdm
 
-        self.kg, self.analysis, self.damp, self.blocks, self.verbose = kg, analysis, damp, blocks, verbose
-        self.consumers = find_consumers(kg, analysis, max_dim)
-        n = len(keras.tree.flatten(inputs)[0])
+        self.model, self.analysis, self.damp, self.blocks, self.verbose = model, analysis, damp, blocks, verbose
+        self.consumers = find_consumers(model, analysis, max_dim)
+        n = len(inputs[0])
         with tqdm(total=int(math.ceil(n / batch_size)), desc="OBSPA Hessians", unit="batch",
                   disable=not verbose) as bar:
-            self.hessians = accumulate_hessians(kg, self.consumers, inputs, batch_size, strategy, bar)
+            self.hessians = accumulate_hessians(model, self.consumers, inputs, batch_size, strategy, bar)
         self._hinv = {}
 
     def hinv(self, key):
@@ -436,9 +429,14 @@ class OBSPA:
             self._hinv[key] = inverse(self.hessians[key], self.damp)
         return self._hinv[key]
 
+    def _kernel(self, c):
+        return c.view.canonical(self.model.weight(c.key))
+
+    def _bias(self, c):
+        return None if c.bias is None else self.model.weight(c.bias.key)
+
     def _matrix(self, c):
-        bias = None if c.bias is None else self.kg.weight(c.bias.key)
-        return matrix(c, self.kg.weight(c.key), bias)
+        return matrix(c, self._kernel(c), self._bias(c))
 
     def scores(self, fallback: np.ndarray) -> np.ndarray:
         """A score per class: the group's relative OBS loss at the class' removal (greedy); groups
@@ -467,31 +465,26 @@ class OBSPA:
                 out[g.classes] = s
         return out
 
-    def compensation(self, plan):
-        """``transform(node, param, value)`` for :func:`~spa_keras.backends.keras.apply_plan`: the
-        consumers' kernels (and biases or following BN means) re-fitted for the plan's removals."""
+    def compensation(self, plan) -> dict:
+        """``{parameter key: full-width array}``: the consumers' kernels (and biases, or following
+        BatchNorm means) re-fitted for the plan's removals (:meth:`PruningPlan.compensate` takes it)."""
         new = {}
         removed = plan.removed_classes
         for c in self.consumers:
             rows = np.nonzero(removed[c.row_cls])[0]
             if not len(rows):
                 continue
-            kernel = self.kg.weight(c.key)
-            bias = None if c.bias is None else self.kg.weight(c.bias.key)
-            w = compensate(self._matrix(c), self.hinv(c.key), rows)
-            new[c.key], delta = unmatrix(c, w, kernel, bias)
+            kernel, bias = self._kernel(c), self._bias(c)
+            w = compensate(matrix(c, kernel, bias), self.hinv(c.key), rows)
+            k, delta = unmatrix(c, w, kernel, bias)
+            new[c.key] = c.view.native(k)
             if delta is not None:
                 if c.bias is not None:
                     new[c.bias.key] = (bias + delta).astype(bias.dtype)
-                elif c.bn is not None:
-                    mean = self.kg.weight(c.bn[1].key)
-                    new[c.bn[1].key] = (mean - delta).astype(mean.dtype)
-
-        def transform(node, param, value):
-            return new.get(param.key, value)
-
-        transform.changed = sorted(str(k) for k in new)
-        return transform
+                elif c.bn_mean is not None:
+                    mean = self.model.weight(c.bn_mean.key)
+                    new[c.bn_mean.key] = (mean - delta).astype(mean.dtype)
+        return new
 
     def layer_error(self, plan, compensated: bool = True) -> dict:
         """``{layer: relative output error on the Hessian's inputs}`` of each consumer after the plan's

@@ -8,75 +8,72 @@ on the channels that stay, as a normalised MSE averaged over probes::
 
 Phase 1 trains a full-width copy on that loss plus a growing L2 decay ``λ(t) = decay · t/T`` on exactly
 the parameter slices that write the channels to be removed (kernel output slices, biases, BN γ/β), so
-that their information moves into the channels that stay before they go. Phase 2 removes them, re-estimates
-every BatchNormalization's statistics on the calibration samples (the running average of the batch
-statistics), and trains the slim model on the same loss. Both phases run the models in inference mode
-(moving statistics fixed) with Adam, one ``tf.function`` step per batch.
+that their information moves into the channels that stay before they go; its trained weights are the
+plan's compensation. The plan is written (the channels go), then phase 2 re-estimates every batch
+normalisation's statistics on the calibration samples (the average of the batch statistics) and trains
+the slim model on the same loss. Both phases run the models in inference mode (moving statistics fixed)
+with Adam, one ``tf.function`` step per batch. The models are seen through the frontend interface:
+copies, variables and runs, never layers.
 """
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from ..graph import BIAS, WEIGHT
-from ..plan import PruningPlan
+from ..graph import WEIGHT
 
 
-def _probes(kg) -> list:
+def _probes(model) -> list:
     """Names of the nodes whose first output is a probe (trainable weights, a channel axis)."""
     out = []
-    for node in kg.graph.nodes:
-        if not node.outputs or kg.graph.tensors[node.outputs[0]].channels <= 0:
+    for node in model.graph.nodes:
+        if not node.outputs or model.graph.tensors[node.outputs[0]].channels <= 0:
             continue
-        if any(kg.variables[p.key].trainable and p.role == WEIGHT for p in node.params):
+        if any(model.is_trainable(p.key) and p.role == WEIGHT for p in node.params):
             out.append(node.name)
     return out
 
 
-def _writer_masks(kg, plan) -> dict:
+def _writer_masks(model, plan) -> dict:
     """``{param key: float mask}``: 1 where a trainable parameter writes a channel the plan removes."""
-    removed = plan._element_removed
     masks = {}
-    for node in kg.graph.nodes:
+    for node in model.graph.nodes:
         for p in node.params:
-            if p.key in masks or p.role not in (WEIGHT, BIAS) or not kg.variables[p.key].trainable:
+            if p.key in masks or not model.is_trainable(p.key):
                 continue
-            m = np.zeros(p.shape, np.float32)
-            for axis, ref in p.axes.items():
-                if ref.side != "out":
-                    continue
-                hit = removed[plan.analysis.axis_elements(node, p, axis)]
-                if hit.any():
-                    index = [slice(None)] * len(p.shape)
-                    index[axis] = hit
-                    m[tuple(index)] = 1.0
-            if m.any():
-                masks[p.key] = m
+            m = plan.writer_mask(node, p)
+            if m is not None:
+                masks[p.key] = m.astype(np.float32)
     return masks
 
 
-def reestimate_batchnorm(kg, inputs, batch_size: int = 32):
-    """Moving statistics of every BatchNormalization := average of its batch statistics over ``inputs``."""
-    bns = [n.ref[0] for n in kg.graph.nodes
-           if isinstance(n.ref, tuple) and isinstance(n.ref[0], keras.layers.BatchNormalization)]
+def reestimate_batchnorm(model, inputs, batch_size: int = 32):
+    """Moving statistics of every batch normalisation := the average of its batch statistics over
+    ``inputs``, with the model run in training mode (every batch normalisation on the batch's
+    statistics, as when they were learnt). ``model`` is the frontend's graph object of the slim model;
+    its parameters are overwritten."""
+    bns = [bn for bn in map(model.batchnorm, model.graph.nodes) if bn is not None]
     if not bns:
         return
-    saved = [(bn, bn.momentum) for bn in bns]
-    try:
-        data = tf.data.Dataset.from_tensor_slices(tuple(inputs)).batch(batch_size)
-        for k, x in enumerate(data):
-            for bn in bns:
-                bn.momentum = k / (k + 1.0)  # running average: the k-th batch weighs 1/(k+1)
-            kg.run(x, keep=(), training=True)
-    finally:
-        for bn, m in saved:
-            bn.momentum = m
+    sums = [[0.0, 0.0] for _ in bns]
+    batches = 0
+    for x in tf.data.Dataset.from_tensor_slices(tuple(inputs)).batch(batch_size):
+        values = model.run(list(x), keep={bn.source for bn in bns}, training=True)
+        for bn, acc in zip(bns, sums):
+            a = np.asarray(values[bn.source], np.float64)
+            a = np.moveaxis(a, 1, -1) if bn.channels_first else a
+            a = a.reshape(-1, a.shape[-1])
+            acc[0] = acc[0] + a.mean(0)
+            acc[1] = acc[1] + a.var(0)
+        batches += 1
+    for bn, (mean, var) in zip(bns, sums):
+        model.assign(bn.mean.key, (mean / batches).astype(model.weight(bn.mean.key).dtype))
+        model.assign(bn.var.key, (var / batches).astype(model.weight(bn.var.key).dtype))
 
 
 class _Trainer:
-    """One phase: a student (its KerasGraph), the teacher, probes and kept-channel indices."""
+    """One phase: a student (its frontend graph object), the teacher, probes and kept-channel indices."""
 
     def __init__(self, teacher, student, plan, probes, sliced: bool):
         t_nodes = {n.name: n for n in teacher.graph.nodes}
@@ -94,6 +91,7 @@ class _Trainer:
         self.teacher, self.student = teacher, student
 
     def loss(self, x):
+        x = list(x)
         t_vals = self.teacher.run(x, keep={p[0] for p in self.pairs})
         s_vals = self.student.run(x, keep={p[1] for p in self.pairs})
         total = 0.0
@@ -105,12 +103,20 @@ class _Trainer:
         return total / max(len(self.pairs), 1)
 
 
+def _variables(model) -> list:
+    """The model's trainable variables, each once."""
+    keys = dict.fromkeys(p.key for p in model.graph.params() if model.is_trainable(p.key))
+    return [model.variable(k) for k in keys]
+
+
 def _train(trainer, inputs, epochs, batch_size, lr, penalty=None, decay=0.0, bar=None, history=None):
-    variables = trainer.student.model.trainable_variables
+    import keras
+
+    variables = _variables(trainer.student)
     opt = keras.optimizers.Adam(learning_rate=lr)
-    n = len(keras.tree.flatten(inputs)[0])
+    n = len(inputs[0])
     steps = max(1, epochs * int(np.ceil(n / batch_size)))
-    pen_vars = [(trainer.student.variables[k], tf.constant(m)) for k, m in (penalty or {}).items()]
+    pen_vars = [(trainer.student.variable(k), tf.constant(m)) for k, m in (penalty or {}).items()]
 
     @tf.function(reduce_retracing=True)
     def step(x, lam):
@@ -128,7 +134,7 @@ def _train(trainer, inputs, epochs, batch_size, lr, penalty=None, decay=0.0, bar
         losses = []
         for x in data.shuffle(n, seed=epoch).batch(batch_size):
             lam = tf.constant(decay * (k + 1) / steps, tf.float32)
-            losses.append(float(step(x, lam)))
+            losses.append(float(step(list(x), lam)))
             k += 1
             if bar is not None:
                 bar.update(1)
@@ -136,56 +142,40 @@ def _train(trainer, inputs, epochs, batch_size, lr, penalty=None, decay=0.0, bar
             history.append(float(np.mean(losses)))
 
 
-def reconstruct(kg, plan: PruningPlan, inputs, epochs=(10, 10), learning_rate: float = 1e-3,
-                decay: float = 1.0, batch_size: int = 32, start=None, verbose: bool = False):
-    """The slim model of ``plan``, reconstructed on ``inputs`` (one array per model input).
-
-    ``epochs``: (phase 1, phase 2) passes over the samples; ``decay``: the final weight of the L2
-    decay on the channels that go; ``start``: a slim model of the plan to begin phase 2 from (OBSPA's
-    compensated one), instead of phase 1. Returns ``(slim model, {"phase1": [...], "phase2": [...]})``
-    (mean loss per epoch).
-    """
+def _bar(epochs, inputs, batch_size, desc, verbose):
     from tqdm.auto import tqdm
 
-    from ..frontends.keras import from_keras
-
-    e1, e2 = (epochs, epochs) if isinstance(epochs, int) else tuple(epochs)
-    e1 = 0 if start is not None else e1
-    n = len(keras.tree.flatten(inputs)[0])
-    per_epoch = int(np.ceil(n / batch_size))
-    probes = _probes(kg)
-    history = {"phase1": [], "phase2": []}
-    with tqdm(total=(e1 + e2) * per_epoch, desc="reconstruct", unit="step", disable=not verbose) as bar:
-        slim = start if start is not None else _phase1(kg, plan, inputs, probes, e1, batch_size, learning_rate,
-                                                       decay, bar, history)
-        skg = from_keras(slim, **kg.options)
-        reestimate_batchnorm(skg, inputs, batch_size)
-        if e2:
-            _train(_Trainer(kg, skg, plan, probes, sliced=True), inputs, e2, batch_size, learning_rate,
-                   bar=bar, history=history["phase2"])
-    return slim, history
+    return tqdm(total=epochs * int(np.ceil(len(inputs[0]) / batch_size)), desc=desc, unit="step",
+                disable=not verbose)
 
 
-def _phase1(kg, plan, inputs, probes, e1, batch_size, learning_rate, decay, bar, history):
-    """A full-width copy trained with the decay on the channels that go, then cut to the plan."""
-    from ..backends.keras import apply_plan
-    from ..frontends.keras import from_keras
-
-    full = PruningPlan(plan.analysis, np.zeros_like(plan.removed_classes))
-    student = from_keras(apply_plan(kg, full), **kg.options)
-    if e1:
-        masks = _writer_masks(kg, plan)
-        s_nodes = {n.name: n for n in student.graph.nodes}
-        penalty = {}
-        for node in kg.graph.nodes:  # the same parameters in the copy (same node names, same order)
-            for p, q in zip(node.params, s_nodes[node.name].params):
-                if p.key in masks:
-                    penalty[q.key] = masks[p.key]
-        _train(_Trainer(kg, student, plan, probes, sliced=False), inputs, e1, batch_size, learning_rate,
-               penalty, decay, bar, history["phase1"])
-    trained = {}
+def phase1(model, plan, inputs, epochs: int = 10, learning_rate: float = 1e-3, decay: float = 1.0,
+           batch_size: int = 32, verbose: bool = False):
+    """Phase 1: a full-width copy of ``model`` trained on the probe loss with the growing decay on the
+    slices that write the plan's removed channels. Returns ``({parameter key of model: trained array},
+    [mean loss per epoch])``: the compensation the plan is written with."""
+    student = model.copy()
+    probes = _probes(model)
+    history = []
     s_nodes = {n.name: n for n in student.graph.nodes}
-    for node in kg.graph.nodes:
-        for p, q in zip(node.params, s_nodes[node.name].params):
-            trained[p.key] = student.weight(q.key)
-    return apply_plan(kg, plan, transform=lambda node, p, value: trained.get(p.key, value))
+    pairs = [(p, q) for node in model.graph.nodes if node.params  # same node names, same parameter order
+             for p, q in zip(node.params, s_nodes[node.name].params)]
+    if epochs:
+        masks = _writer_masks(model, plan)
+        penalty = {q.key: masks[p.key] for p, q in pairs if p.key in masks}
+        with _bar(epochs, inputs, batch_size, "reconstruct (phase 1)", verbose) as bar:
+            _train(_Trainer(model, student, plan, probes, sliced=False), inputs, epochs, batch_size, learning_rate,
+                   penalty, decay, bar, history)
+    return {p.key: student.weight(q.key) for p, q in pairs}, history
+
+
+def phase2(teacher, student, plan, inputs, epochs: int = 10, learning_rate: float = 1e-3, batch_size: int = 32,
+           verbose: bool = False):
+    """Phase 2, after the plan is written: the slim model (``student``, its frontend graph object, whose
+    weights are trained in place) learns the teacher's kept channels. Returns the mean loss per epoch."""
+    history = []
+    if epochs:
+        with _bar(epochs, inputs, batch_size, "reconstruct (phase 2)", verbose) as bar:
+            _train(_Trainer(teacher, student, plan, _probes(teacher), sliced=True), inputs, epochs, batch_size,
+                   learning_rate, bar=bar, history=history)
+    return history

@@ -21,15 +21,11 @@ from ..errors import CalibrationDataError, InvalidArgumentError
 from . import SOURCES
 
 
-def _model_inputs(kg):
-    from ..frontends.keras import functional_of
-
-    return keras.tree.flatten(functional_of(kg.model)._inputs_struct)
-
-
-def calibration_inputs(kg, data, n: int) -> list:
-    """Up to ``n`` samples of ``data`` as one float32 array per model input (labels are dropped)."""
-    specs = _model_inputs(kg)
+def calibration_inputs(model, data, n: int) -> list:
+    """Up to ``n`` samples of ``data`` as one array per model input, in the input's dtype (labels are
+    dropped). ``model`` is the frontend's graph object."""
+    specs = model.input_specs()
+    name = model.graph.name
     chunks = [[] for _ in specs]
     seen = 0
     try:
@@ -39,14 +35,14 @@ def calibration_inputs(kg, data, n: int) -> list:
             if len(flat) != len(specs):
                 raise CalibrationDataError(
                     f"calibration data has {len(flat)} input arrays per sample but model "
-                    f"{kg.model.name!r} takes {len(specs)} inputs ({', '.join(s.name for s in specs)})"
+                    f"{name!r} takes {len(specs)} inputs ({', '.join(s.name for s in specs)})"
                 )
             for i, (a, spec) in enumerate(zip(flat, specs)):
                 a = np.asarray(a)
-                want = tuple(spec.shape[1:])
+                want = tuple(spec.shape)
                 if a.ndim != len(want) + 1 or any(w is not None and w != g for w, g in zip(want, a.shape[1:])):
                     raise CalibrationDataError(
-                        f"calibration data for input {spec.name!r} of model {kg.model.name!r} has shape "
+                        f"calibration data for input {spec.name!r} of model {name!r} has shape "
                         f"{a.shape}, expected (batch, {', '.join(str(w) for w in want)}): pass batches "
                         "shaped like the model's input"
                     )
@@ -56,7 +52,7 @@ def calibration_inputs(kg, data, n: int) -> list:
                     )
                 if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
                     raise CalibrationDataError(f"calibration data for input {spec.name!r} holds NaN or Inf")
-                chunks[i].append(a.astype(spec.dtype if spec.dtype else np.float32))
+                chunks[i].append(a.astype(spec.dtype or np.float32))
             seen += len(flat[0])
     except InvalidArgumentError as e:
         if isinstance(e, CalibrationDataError):
@@ -67,20 +63,20 @@ def calibration_inputs(kg, data, n: int) -> list:
     return [np.concatenate(c) for c in chunks]
 
 
-def _bn_inputs(kg):
-    """``[(graph tensor id, moving mean, moving std)]`` for every BatchNormalization on the last axis."""
+def _bn_inputs(model):
+    """``[(graph tensor id, moving mean, moving std, channels_first)]`` for every batch normalisation."""
     out = []
-    for node in kg.graph.nodes:
-        op = node.ref[0] if isinstance(node.ref, tuple) else None
-        if not isinstance(op, keras.layers.BatchNormalization) or op.axis not in (-1, len(op.input.shape) - 1):
+    for node in model.graph.nodes:
+        bn = model.batchnorm(node)
+        if bn is None:
             continue
-        mean = np.asarray(op.moving_mean.numpy(), np.float32)
-        std = np.sqrt(np.asarray(op.moving_variance.numpy(), np.float32) + op.epsilon)
-        out.append((node.inputs[0], mean, std))
+        mean = np.asarray(model.weight(bn.mean.key), np.float32)
+        std = np.sqrt(np.asarray(model.weight(bn.var.key), np.float32) + bn.epsilon)
+        out.append((bn.source, mean, std, bn.channels_first))
     return out
 
 
-def synthetic_inputs(kg, n: int, source: str = "bn", steps: int = 200, batch_size: int = 64,
+def synthetic_inputs(model, n: int, source: str = "bn", steps: int = 200, batch_size: int = 64,
                      seed: int = 0, progress=None) -> list:
     """``n`` synthetic samples per model input (see the module docstring).
 
@@ -90,35 +86,43 @@ def synthetic_inputs(kg, n: int, source: str = "bn", steps: int = 200, batch_siz
     """
     if source not in SOURCES:
         raise InvalidArgumentError(f"data_free must be one of {SOURCES}, got {source!r}")
-    specs = _model_inputs(kg)
+    specs = model.input_specs()
+    name = model.graph.name
     for s in specs:
         if s.dtype is not None and not str(s.dtype).startswith(("float", "bfloat")):
             raise CalibrationDataError(
-                f"input {s.name!r} of model {kg.model.name!r} has dtype {s.dtype}: synthetic inputs exist only "
+                f"input {s.name!r} of model {name!r} has dtype {s.dtype}: synthetic inputs exist only "
                 "for float inputs; pass calibration_data"
             )
-        if any(d is None for d in s.shape[1:]):
+        if any(d is None for d in s.shape):
             raise CalibrationDataError(
-                f"input {s.name!r} of model {kg.model.name!r} has an unknown size {tuple(s.shape)}: pass "
+                f"input {s.name!r} of model {name!r} has an unknown size {(None,) + tuple(s.shape)}: pass "
                 "calibration_data, or build the model with a fixed input shape"
             )
     rng = np.random.default_rng(seed)
-    noise = [rng.standard_normal((n,) + tuple(s.shape[1:])).astype(np.float32) for s in specs]
-    bns = _bn_inputs(kg) if source == "bn" else []
+    noise = [rng.standard_normal((n,) + tuple(s.shape)).astype(np.float32) for s in specs]
+    bns = _bn_inputs(model) if source == "bn" else []
     if source == "bn" and not bns:
-        warnings.warn(f"model {kg.model.name!r} has no BatchNormalization: data_free='bn' falls back to random inputs")
+        warnings.warn(f"model {name!r} has no BatchNormalization: data_free='bn' falls back to random inputs")
+    elif bns and not model.traceable:
+        warnings.warn(f"model {name!r} ({model.kind}) cannot be differentiated: data_free='bn' falls back to "
+                      "random inputs (pass calibration_data)")
+        bns = []
     if not bns:
         if progress is not None:
             progress.update(n)
         return noise
-    keep = {t for t, _, _ in bns}
-    stats = [(t, tf.constant(m), tf.constant(s)) for t, m, s in bns]
+    keep = {b[0] for b in bns}
+    stats = [(t, tf.constant(m), tf.constant(s), first) for t, m, s, first in bns]
 
     def loss_fn(xs):
-        values = kg.run(xs, keep=keep)
+        values = model.run(xs, keep=keep)
         total = 0.0
-        for t, mean, std in stats:
-            a = tf.reshape(tf.cast(values[t], tf.float32), (-1, mean.shape[0]))
+        for t, mean, std, first in stats:
+            a = tf.cast(values[t], tf.float32)
+            if first:
+                a = tf.experimental.numpy.moveaxis(a, 1, -1)
+            a = tf.reshape(a, (-1, mean.shape[0]))
             m, v = tf.nn.moments(a, axes=[0])
             total += tf.reduce_mean(tf.square(m - mean)) + tf.reduce_mean(tf.square(tf.sqrt(v + 1e-8) - std))
         return total / len(stats)

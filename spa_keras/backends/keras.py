@@ -24,8 +24,8 @@ from ..frontends.keras import (
     param_name,
     topological_nodes,
 )
-from ..graph import BIAS, WEIGHT
 from ..plan import PruningPlan
+from .oracle import compare
 
 
 def _new_input(x, width: int | None):
@@ -112,8 +112,9 @@ class _Rebuilder:
 
     # ---- weights ---------------------------------------------------------------------------------
     def copy_weights(self, transform=None):
-        """Copy every weight into the new layers, sliced to the plan. ``transform(node, param, value)``
-        may edit a value first (the zero-channel oracle uses it)."""
+        """Copy every weight into the new layers, sliced to the plan, with the plan's compensation
+        written first; ``transform(node, param, value)`` replaces that step (the oracle's zeroing)."""
+        transform = transform or (lambda node, p, value: self.plan.value(p, value))
         for old, new in self.pairs:
             node = self.kg.layer_nodes.get(id(old))
             params = {p.key: p for p in node.params} if node is not None else {}
@@ -123,8 +124,7 @@ class _Rebuilder:
                 value = np.asarray(v_old.numpy())
                 p = params.get(id(v_old))
                 if p is not None:
-                    if transform is not None:
-                        value = transform(node, p, value)
+                    value = transform(node, p, value)
                     for axis, idx in self.plan.keep_indices(node, p).items():
                         value = np.take(value, idx, axis=axis)
                     if spec.transform is not None:
@@ -142,7 +142,9 @@ class _Rebuilder:
 
 
 def apply_plan(kg: KerasGraph, plan: PruningPlan, transform=None) -> keras.Model:
-    """A new Keras model with the plan's channels removed (the input model is not changed).
+    """A new Keras model with the plan's channels removed and its compensation written (the input model
+    is not changed). ``transform(node, param, value)``, when given, decides each weight's full-width
+    value instead of the compensation (the oracle's zeroed copy uses it).
 
     >>> # slim = apply_plan(from_keras(model), spa.plan(model, ratio=0.5))
     """
@@ -161,50 +163,21 @@ def apply_plan(kg: KerasGraph, plan: PruningPlan, transform=None) -> keras.Model
     return new
 
 
-def zero_writers(plan: PruningPlan):
-    """``transform(node, param, value)`` that zeroes the plan's removed channels in every parameter
-    slice that writes them (kernel output slices, biases, BN gamma/beta/mean; not variances)."""
-    removed = plan._element_removed
-
-    def zero(node, p, value):
-        if p.role not in (WEIGHT, BIAS):
-            return value
-        out = None
-        for axis, ref in p.axes.items():
-            if ref.side != "out":
-                continue
-            mask = removed[plan.analysis.axis_elements(node, p, axis)]
-            if mask.any():
-                out = np.array(value, copy=True) if out is None else out
-                index = [slice(None)] * out.ndim
-                index[axis] = mask
-                out[tuple(index)] = 0
-        return value if out is None else out
-
-    return zero
-
-
 def zero_in_place(kg: KerasGraph, plan: PruningPlan) -> None:
     """Zero the plan's removed channels in ``kg.model`` itself (the soft masks of training-time pruning)."""
-    zero = zero_writers(plan)
     for node in kg.graph.nodes:
         for p in node.params:
-            var = kg.variables[p.key]
-            value = var.numpy()
-            new = zero(node, p, value)
-            if new is not value:
-                var.assign(new)
+            mask = plan.writer_mask(node, p)
+            if mask is not None:
+                var = kg.variables[p.key]
+                var.assign(np.where(mask, np.zeros((), var.dtype), var.numpy()))
 
 
 def zeroed_copy(kg: KerasGraph, plan: PruningPlan) -> keras.Model:
     """The zero-channel oracle: a full-width copy of the model with every removed channel zeroed at the
-    parameters that write it (kernel output slices, biases, BN gamma/beta/mean). On a zero-preserving
-    path its outputs equal the pruned model's. A plan with a compensation (OBSPA) has it applied
-    first, so the oracle holds for compensated models too."""
-    full = PruningPlan(plan.analysis, np.zeros_like(plan.removed_classes))
-    zero, comp = zero_writers(plan), plan.compensation
-    transform = zero if comp is None else (lambda node, p, value: zero(node, p, comp(node, p, value)))
-    return apply_plan(kg, full, transform=transform)
+    parameters that write it (kernel output slices, biases, BN gamma/beta/mean), after the plan's
+    compensation. On a zero-preserving path its outputs equal the pruned model's."""
+    return apply_plan(kg, PruningPlan.empty(plan.analysis), transform=plan.zeroed)
 
 
 def verify(kg: KerasGraph, plan: PruningPlan, slim, inputs, rtol: float = 1e-3) -> dict:
@@ -214,14 +187,6 @@ def verify(kg: KerasGraph, plan: PruningPlan, slim, inputs, rtol: float = 1e-3) 
     zeroed full-width copy's to ``rtol`` of the output's magnitude. Meaningful on zero-preserving paths
     (ReLU, swish, GELU, pooling, add, concat, multiply).
     """
-    oracle = zeroed_copy(kg, plan)
-    want = keras.tree.flatten(oracle(inputs, training=False))
+    want = keras.tree.flatten(zeroed_copy(kg, plan)(inputs, training=False))
     got = keras.tree.flatten(slim(inputs, training=False))
-    diff, scale = 0.0, 0.0
-    for a, b in zip(want, got):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        if a.shape != b.shape:
-            return {"passed": False, "max_abs_diff": float("inf"), "scale": float("nan")}
-        diff = max(diff, float(np.max(np.abs(a - b))) if a.size else 0.0)
-        scale = max(scale, float(np.max(np.abs(a))) if a.size else 0.0)
-    return {"passed": bool(diff <= rtol * max(scale, 1e-6)), "max_abs_diff": diff, "scale": scale}
+    return compare(want, got, rtol)

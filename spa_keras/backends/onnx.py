@@ -13,7 +13,7 @@ from ..errors import RebuildError
 from ..frontends.onnx import OnnxGraph
 from ..frontends.onnx.graph import skeleton
 from ..plan import PruningPlan
-from .keras import zero_writers
+from .oracle import compare
 
 
 class _Writer:
@@ -62,7 +62,8 @@ class _Writer:
 
 def apply_onnx_plan(og: OnnxGraph, plan: PruningPlan, transform=None, check: bool = True,
                     verify: bool = True) -> onnx.ModelProto:
-    """A new ``ModelProto`` with the plan's channels removed.
+    """A new ``ModelProto`` with the plan's channels removed and its compensation written;
+    ``transform(node, param, value)``, when given, decides each full-width value instead (the oracle).
 
     ``check``: ``onnx.checker`` and strict shape inference. ``verify`` (run before you write): the
     pruned model runs once on onnxruntime at its declared input shapes (dynamic dimensions as 1),
@@ -71,6 +72,7 @@ def apply_onnx_plan(og: OnnxGraph, plan: PruningPlan, transform=None, check: boo
     :class:`~spa_keras.errors.RebuildError` naming the node. Where onnxruntime cannot run the input
     model itself, the run is skipped with a warning.
     """
+    transform = transform or (lambda node, p, value: plan.value(p, value))
     model = copy.deepcopy(og.model)
     writer = _Writer(model)
     done = set()
@@ -79,9 +81,7 @@ def apply_onnx_plan(og: OnnxGraph, plan: PruningPlan, transform=None, check: boo
             if p.key in done:
                 continue
             done.add(p.key)
-            value = og.arrays[p.key]
-            if transform is not None:
-                value = transform(node, p, value)
+            value = transform(node, p, og.arrays[p.key])
             for axis, idx in plan.keep_indices(node, p).items():
                 value = np.take(value, idx, axis=axis)
             if value is not og.arrays[p.key]:
@@ -177,34 +177,23 @@ def verify_before_writing(og: OnnxGraph, plan: PruningPlan, pruned: onnx.ModelPr
         raise RebuildError(f"onnxruntime refuses the pruned ONNX model{where}: {message[:600]}. This is a bug in "
                            "spa_keras's ONNX path: the file was not written") from None
     want = _session(zeroed_onnx_copy(og, plan)).run(None, feeds)
-    diff, scale = 0.0, 0.0
-    for a, b in zip(want, got):
-        if a.shape != b.shape:
-            raise RebuildError(f"the pruned ONNX model gives an output of shape {b.shape} where the input model "
-                               f"gives {a.shape}; the file was not written")
-        if np.issubdtype(a.dtype, np.floating) and a.size:
-            diff = max(diff, float(np.max(np.abs(a - b))))
-            scale = max(scale, float(np.max(np.abs(a))))
-    if not np.isfinite(scale):
-        return {"ran": True, "oracle": None}
-    if diff > rtol * max(scale, 1e-30):  # relative: untrained deep models can have outputs of 1e-14
-        raise RebuildError(f"the pruned ONNX model differs from the zero-channel oracle by {diff:.3g} (outputs up "
-                           f"to {scale:.3g}); the file was not written")
-    return {"ran": True, "oracle": True, "max_abs_diff": diff}
+    result = compare(want, got, rtol, floor=1e-30)  # relative: untrained deep models can output 1e-14
+    if not np.isfinite(result["scale"]) and result["max_abs_diff"] == float("inf"):
+        raise RebuildError("the pruned ONNX model gives outputs of other shapes than the input model's; the file "
+                           "was not written")
+    if not np.isfinite(result["scale"]):
+        return {"ran": True, "oracle": None}  # non-finite outputs: nothing to compare
+    if not result["passed"]:
+        raise RebuildError(f"the pruned ONNX model differs from the zero-channel oracle by {result['max_abs_diff']:.3g} "
+                           f"(outputs up to {result['scale']:.3g}); the file was not written")
+    return {"ran": True, "oracle": True, "max_abs_diff": result["max_abs_diff"]}
 
 
 def zeroed_onnx_copy(og: OnnxGraph, plan: PruningPlan) -> onnx.ModelProto:
-    """The zero-channel oracle for ONNX: the full-width model with the removed channels zeroed where
-    they are written."""
-    full = PruningPlan(plan.analysis, np.zeros_like(plan.removed_classes))
-    return apply_onnx_plan(og, full, transform=zero_writers(plan), check=False, verify=False)
-
-
-def save_onnx(model: onnx.ModelProto, path: str, overwrite: bool = False) -> str:
-    """Write ``model`` to ``path`` atomically (a temporary name in the same folder, then a rename)."""
-    from ..io import atomic_write
-
-    return atomic_write(path, lambda tmp: onnx.save(model, tmp), overwrite, (".onnx",))
+    """The zero-channel oracle for ONNX: the full-width model, compensated, with the removed channels
+    zeroed where they are written."""
+    return apply_onnx_plan(og, PruningPlan.empty(plan.analysis), transform=plan.zeroed, check=False,
+                           verify=False)
 
 
 def run_onnx(model: onnx.ModelProto, inputs) -> list:
@@ -220,8 +209,4 @@ def run_onnx(model: onnx.ModelProto, inputs) -> list:
 
 def verify_onnx(og: OnnxGraph, plan: PruningPlan, pruned: onnx.ModelProto, inputs, rtol: float = 1e-3) -> dict:
     """The zero-channel oracle on onnxruntime: ``pruned`` against the zeroed full-width model."""
-    want = run_onnx(zeroed_onnx_copy(og, plan), inputs)
-    got = run_onnx(pruned, inputs)
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(want, got))
-    scale = max(float(np.max(np.abs(a))) for a in want)
-    return {"passed": bool(diff <= rtol * max(scale, 1e-30)), "max_abs_diff": diff, "scale": scale}
+    return compare(run_onnx(zeroed_onnx_copy(og, plan), inputs), run_onnx(pruned, inputs), rtol, floor=1e-30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InvalidArgumentError
 from ..graph import WEIGHT
 from .base import finish, per_axis_sum, slice_scores
 
@@ -45,6 +46,12 @@ def bn_scale(analysis, weight, reduction: str = "mean", normalization="mean", **
         return {ax: np.abs(w).astype(np.float64) for ax in param.axes}
 
     stats = slice_scores(analysis, _weights(weight), fn, select=lambda p: p.tag == "norm_scale")
+    if not stats[1].any():
+        raise InvalidArgumentError(
+            f"criterion 'bn_scale' ranks channels by their BatchNorm (or LayerScale) scale, and model "
+            f"{analysis.graph.name!r} has no such scale on any prunable channel: choose another criterion "
+            "(l2, lamp, fpgm)"
+        )
     return finish(analysis, stats, reduction, normalization)
 
 

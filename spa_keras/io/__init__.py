@@ -69,6 +69,13 @@ def save_model(model, path: str, overwrite: bool = False) -> str:
     return atomic_write(path, model.save, overwrite, (".keras", ".h5"))
 
 
+def save_onnx(model, path: str, overwrite: bool = False) -> str:
+    """Write an ``onnx.ModelProto`` to ``path`` atomically (see :func:`atomic_write`)."""
+    import onnx
+
+    return atomic_write(os.fspath(path), lambda tmp: onnx.save(model, tmp), overwrite, (".onnx",))
+
+
 def from_onnx(path_or_model, channels_last_inputs: bool = False):
     """A Keras model computing what an ONNX model computes (a path or an ``onnx.ModelProto``).
 
@@ -94,8 +101,6 @@ def to_onnx(model, path: str | None = None, opset: int = 17, overwrite: bool = F
 
     proto = keras_to_onnx(model, opset)
     if path is not None:
-        from ..backends.onnx import save_onnx
-
         save_onnx(proto, path, overwrite)
     return proto
 

@@ -20,6 +20,7 @@ from onnx import numpy_helper, shape_inference
 
 from ...errors import InvalidArgumentError, ModelFileError, UnsupportedModelError
 from ...graph import STAT, Graph, Node, Param
+from ..base import ModelView
 from ..spec import Spec, check_finite
 from .ops import NCHW_OPS, SHAPE_OPS, OnnxCall, attr, describe
 from .preprocess import fill_shapes, fold_static_shapes, runtime_shapes, untie_small_initializers
@@ -86,13 +87,15 @@ def inferred_graph(model: onnx.ModelProto):
     return g, shapes
 
 
-class OnnxGraph:
+class OnnxGraph(ModelView):
     """An ONNX model read as a standard channel graph.
 
     Attributes: ``model`` (the input ``ModelProto``, never changed); ``graph`` (each node's ``ref`` is
     its index in ``model.graph.node``); ``arrays`` (parameter name -> NumPy array); ``specs`` (node name
     -> :class:`Spec`); ``protos`` (node name -> NodeProto).
     """
+
+    kind = "ONNX"
 
     def __init__(self, model: onnx.ModelProto):
         model = untie_small_initializers(_without_constant_identities(model))
@@ -107,6 +110,8 @@ class OnnxGraph:
             g, self.shapes = inferred_graph(model)
             fill_shapes(self.shapes, seen)
         self.model = model
+        self.value_info = {vi.name: vi for vi in list(g.value_info) + list(g.output)}
+        self._runner = None
         self.arrays = {i.name: numpy_helper.to_array(i) for i in g.initializer}
         for node in g.node:
             if node.op_type == "Constant" and attr(node, "value") is not None:
@@ -158,8 +163,32 @@ class OnnxGraph:
         self.tid[name] = tid
         return tid
 
+    # ---- the frontend interface (spa_keras.frontends.base.ModelView) -------------------------------
     def weight(self, key) -> np.ndarray:
         return self.arrays[key]
+
+    def input_specs(self) -> list:
+        from .view import input_specs
+
+        return input_specs(self)
+
+    def linear(self, node):
+        from .view import linear
+
+        return linear(self, node)
+
+    def batchnorm(self, node):
+        from .view import batchnorm
+
+        return batchnorm(self, node)
+
+    def run(self, inputs, keep=None, training: bool = False) -> dict:
+        """``{graph tensor id: NumPy array}`` from onnxruntime (see :class:`.view.Runner`)."""
+        from .view import Runner
+
+        if self._runner is None:
+            self._runner = Runner(self)
+        return self._runner(inputs, keep, training)
 
     # ---- nodes ---------------------------------------------------------------------------------------
     def _add(self, node, index):
