@@ -374,6 +374,7 @@ def main(argv=None):
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--shard", type=lambda v: tuple(int(x) for x in v.split("/")), default=None,
                     help="K/N: prune every N-th model from the K-th (to run N processes side by side)")
+    ap.add_argument("--smallest-first", action="store_true", help="prune the smallest files first")
     ap.add_argument("--latency-only", action="store_true",
                     help="measure latency for cached rows that passed and have none (after a --no-latency run)")
     ap.add_argument("--one", help="prune one .onnx file and print its row (what each subprocess runs)")
@@ -411,9 +412,13 @@ def main(argv=None):
     if args.export_only:
         return 0
 
-    todo = names[args.shard[0]::args.shard[1]] if args.shard else names
-    for name in todo:
-        for e in exporters:
+    pairs = [(name, e) for name in names for e in exporters]
+    if args.smallest_first:  # the most files per hour: big models last
+        size = lambda p: os.path.getsize(p) if os.path.exists(p) else float("inf")  # noqa: E731
+        pairs.sort(key=lambda ne: size(os.path.join(args.cache, f"{ne[0]}.{ne[1]}.onnx")))
+    todo = pairs[args.shard[0]::args.shard[1]] if args.shard else pairs
+    for name, e in todo:
+        if True:
             meta_path = os.path.join(args.cache, f"{name}.{e}.json")
             cached = os.path.join(results_dir, f"{name}.{e}.json")
             if not os.path.exists(meta_path) or _load(meta_path).get("status") != "ok":
