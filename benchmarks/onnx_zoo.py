@@ -418,39 +418,38 @@ def main(argv=None):
         pairs.sort(key=lambda ne: size(os.path.join(args.cache, f"{ne[0]}.{ne[1]}.onnx")))
     todo = pairs[args.shard[0]::args.shard[1]] if args.shard else pairs
     for name, e in todo:
-        if True:
-            meta_path = os.path.join(args.cache, f"{name}.{e}.json")
-            cached = os.path.join(results_dir, f"{name}.{e}.json")
-            if not os.path.exists(meta_path) or _load(meta_path).get("status") != "ok":
-                continue  # an export failure is a row of its own (see collect)
-            if args.latency_only:
-                if os.path.exists(cached) and _load(cached).get("ok") and not _load(cached).get("latency"):
-                    print(f"latency {name} ({e})", flush=True)
-                    subprocess.run(["nice", "-n", "10", sys.executable, os.path.abspath(__file__), "--latency-only",
-                                    "--one", os.path.join(args.cache, f"{name}.{e}.onnx"), "--row-out", cached],
-                                   capture_output=True, timeout=args.timeout, cwd=ROOT)
-                    write_results(args.out, all_names, exporters, args.cache)
-                continue
-            if os.path.exists(cached) and (args.rerun == "none" or (args.rerun == "failed" and _load(cached).get("ok"))):
-                continue
-            print(f"prune {name} ({e})", flush=True)
-            cmd = ["nice", "-n", "10", sys.executable, os.path.abspath(__file__), "--one",
-                   os.path.join(args.cache, f"{name}.{e}.onnx"), "--row-out", cached]
-            cmd += ["--no-keras"] * args.no_keras + ["--no-latency"] * args.no_latency
-            if os.path.exists(cached):
-                os.remove(cached)
-            try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT,
-                                   env=dict(os.environ, PYTHONPATH=ROOT))
-                fail = None if os.path.exists(cached) else f"the pruning process exited with {r.returncode}: {r.stderr.strip()[-500:]}"
-            except subprocess.TimeoutExpired:
-                fail = f"pruning took longer than {args.timeout} s"
-            if fail:
-                _write_json(cached, dict(model=name, exporter=e, ok=False, error=fail, stage="process"))
-            row = _load(cached)
-            print(json.dumps({k: row.get(k) for k in ("model", "exporter", "ok", "macs_before", "macs_after",
-                                                      "oracle_passed", "keras_matches", "error")}), flush=True)
-            write_results(args.out, all_names, exporters, args.cache)
+        meta_path = os.path.join(args.cache, f"{name}.{e}.json")
+        cached = os.path.join(results_dir, f"{name}.{e}.json")
+        if not os.path.exists(meta_path) or _load(meta_path).get("status") != "ok":
+            continue  # an export failure is a row of its own (see collect)
+        if args.latency_only:
+            if os.path.exists(cached) and _load(cached).get("ok") and not _load(cached).get("latency"):
+                print(f"latency {name} ({e})", flush=True)
+                subprocess.run(["nice", "-n", "10", sys.executable, os.path.abspath(__file__), "--latency-only",
+                                "--one", os.path.join(args.cache, f"{name}.{e}.onnx"), "--row-out", cached],
+                               capture_output=True, timeout=args.timeout, cwd=ROOT)
+                write_results(args.out, all_names, exporters, args.cache)
+            continue
+        if os.path.exists(cached) and (args.rerun == "none" or (args.rerun == "failed" and _load(cached).get("ok"))):
+            continue
+        print(f"prune {name} ({e})", flush=True)
+        cmd = ["nice", "-n", "10", sys.executable, os.path.abspath(__file__), "--one",
+               os.path.join(args.cache, f"{name}.{e}.onnx"), "--row-out", cached]
+        cmd += ["--no-keras"] * args.no_keras + ["--no-latency"] * args.no_latency
+        if os.path.exists(cached):
+            os.remove(cached)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT,
+                               env=dict(os.environ, PYTHONPATH=ROOT))
+            fail = None if os.path.exists(cached) else f"the pruning process exited with {r.returncode}: {r.stderr.strip()[-500:]}"
+        except subprocess.TimeoutExpired:
+            fail = f"pruning took longer than {args.timeout} s"
+        if fail:
+            _write_json(cached, dict(model=name, exporter=e, ok=False, error=fail, stage="process"))
+        row = _load(cached)
+        print(json.dumps({k: row.get(k) for k in ("model", "exporter", "ok", "macs_before", "macs_after",
+                                                  "oracle_passed", "keras_matches", "error")}), flush=True)
+        write_results(args.out, all_names, exporters, args.cache)
     print(json.dumps(write_results(args.out, all_names, exporters, args.cache), indent=1))
     return 0
 
