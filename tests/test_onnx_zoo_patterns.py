@@ -287,3 +287,29 @@ def test_shapes_inference_cannot_work_out_are_read_from_one_run():
     assert len(plan.removed()["c1_c"]) == 4
     x = RNG.standard_normal((1, 3, 6, 6)).astype("float32")
     np.testing.assert_allclose(np.asarray(spa.from_onnx(slim)(x)), run_onnx(slim, x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_einsum_attention_prunes_whole_heads_and_converts():
+    """MaxViT writes its attention as Einsum (``B G H I D, B G H J D -> B G H I J``, upper case)."""
+    dim, heads, hd, tokens = 8, 2, 4, 3
+    nodes = [helper.make_node("MatMul", ["x", "w_qkv"], ["qkv"]),
+             helper.make_node("Split", ["qkv", "sizes"], ["q0", "k0", "v0"], axis=2)]
+    for t in "qkv":
+        nodes += [helper.make_node("Reshape", [f"{t}0", "s_heads"], [f"{t}h"]),
+                  helper.make_node("Transpose", [f"{t}h"], [f"{t}t"], perm=[0, 2, 1, 3])]
+    nodes += [
+        helper.make_node("Einsum", ["qt", "kt"], ["scores"], equation="B H I D, B H J D -> B H I J"),
+        helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+        helper.make_node("Einsum", ["p", "vt"], ["o"], equation="B H I J, B H J D -> B H I D"),
+        helper.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["ot", "s_merge"], ["om"]),
+        helper.make_node("MatMul", ["om", "w_out"], ["y"]),
+    ]
+    inits = [init("w_qkv", dim, 3 * dim), init("w_out", dim, 5), ints("sizes", [dim] * 3),
+             ints("s_heads", [1, tokens, heads, hd]), ints("s_merge", [1, tokens, dim])]
+    model = make(nodes, inits, [vin("x", 1, tokens, dim)], [vin("y", 1, tokens, 5)])
+    assert reasons(model) == []
+    slim, plan = check_onnx(model)
+    assert plan.n_removed > 0
+    x = RNG.standard_normal((1, tokens, dim)).astype("float32")
+    np.testing.assert_allclose(np.asarray(spa.from_onnx(slim)(x)), run_onnx(slim, x)[0], rtol=1e-5, atol=1e-6)

@@ -411,6 +411,16 @@ class _Converter:
             index[where.get(a, a)] = slice(st, None if abs(en) >= big else en, sp)
         self.set(node.output[0], x[tuple(index)], layout)
 
+    @converts("Einsum")
+    def op_Einsum(self, node):
+        eq = attr(node, "equation")
+        eq = (eq.decode() if isinstance(eq, bytes) else str(eq)).replace(" ", "")
+        upper = sorted({ch for ch in eq if ch.isupper()})  # Keras' einsum reads lower-case letters only
+        free = [ch for ch in "abcdefghijklmnopqrstuvwxyz" if ch not in eq]
+        eq = eq.translate(str.maketrans(dict(zip(upper, free))))
+        args = [self.operand(x, NATIVE) for x in node.input]
+        self.set(node.output[0], self.k.ops.einsum(eq, *args), NATIVE)
+
     @converts("Pad")
     def op_Pad(self, node):
         mode = attr(node, "mode", b"constant")

@@ -203,6 +203,47 @@ def _matmul_computed(c: OnnxCall):
     return fixed("MatMul of two computed tensors that contracts the channel axis", macs=macs(-1)[0][0]), [None]
 
 
+def einsum_terms(equation):
+    """``(["bhid", "bhjd"], "bhij")`` for an explicit einsum equation without ellipsis, else None."""
+    eq = (equation.decode() if isinstance(equation, bytes) else str(equation)).replace(" ", "")
+    if "->" not in eq or "." in eq:
+        return None
+    lhs, rhs = eq.split("->")
+    return lhs.split(","), rhs
+
+
+@register_op("Einsum")
+def _einsum(c: OnnxCall):
+    """An einsum of two computed tensors (MaxViT's attention ``bghid,bghjd->bghij``): like a MatMul of
+    computed tensors, the channel axis may be a letter both keep (heads), or a letter only one input
+    has that the output keeps; a contracted or mixed channel axis is held. Its MACs are counted."""
+    terms = einsum_terms(c.attr("equation", b""))
+    so = c.shape_out
+    if terms is None or len(c.dyn) != 2 or len(c.node.input) != 2 or not so or None in so[1:]:
+        return fixed("Einsum with an ellipsis, a constant operand or unknown shapes"), [None]
+    (ta, tb), rhs = terms
+    a, b = c.dyn
+    xa, xb = c.reader.axis.get(a), c.reader.axis.get(b)
+    sizes = {}
+    for term, name in ((ta, a), (tb, b)):
+        for letter, d in zip(term, c.shape(name)):
+            sizes[letter] = int(d or 1)
+    total = int(np.prod([sizes[k] for k in sizes if not (rhs and k == rhs[0])]))  # per sample
+    la = ta[xa] if xa is not None and xa < len(ta) else None
+    lb = tb[xb] if xb is not None and xb < len(tb) else None
+
+    def macs(letter):
+        return [(total / max(sizes[letter], 1), [OUT])]
+
+    if la is not None and la == lb and la in rhs and rhs.index(la) > 0:
+        return Spec("merge", macs=macs(la)), [rhs.index(la)]
+    if la is not None and la in rhs and la not in tb and rhs.index(la) > 0:
+        return Spec("pick", attrs={"input": 0}, macs=macs(la)), [rhs.index(la)]
+    if lb is not None and lb in rhs and lb not in ta and rhs.index(lb) > 0:
+        return Spec("pick", attrs={"input": 1}, macs=macs(lb)), [rhs.index(lb)]
+    return fixed("Einsum that contracts or mixes the channel axis", macs=total), [None]
+
+
 # ---- channel-wise ops ----------------------------------------------------------------------------
 
 
