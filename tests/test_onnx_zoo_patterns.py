@@ -313,3 +313,24 @@ def test_einsum_attention_prunes_whole_heads_and_converts():
     assert plan.n_removed > 0
     x = RNG.standard_normal((1, tokens, dim)).astype("float32")
     np.testing.assert_allclose(np.asarray(spa.from_onnx(slim)(x)), run_onnx(slim, x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_from_onnx_converts_reductions_where_tile_expand_dropout():
+    """Ops torchvision's exports use around attention (Swin V2's ReduceL2-normalised q and k, masks)."""
+    nodes = [
+        helper.make_node("ReduceL2", ["x", "axes"], ["n"], keepdims=1),
+        helper.make_node("Div", ["x", "n"], ["xn"]),
+        helper.make_node("Dropout", ["xn"], ["d"]),
+        helper.make_node("ReduceMax", ["d", "axes"], ["mx"], keepdims=1),
+        helper.make_node("Equal", ["mx", "zero"], ["is0"]),
+        helper.make_node("Where", ["is0", "d", "mx"], ["w"]),
+        helper.make_node("Tile", ["w", "reps"], ["t"]),
+        helper.make_node("Expand", ["bias", "eshape"], ["b"]),
+        helper.make_node("Add", ["t", "b"], ["s"]),
+        helper.make_node("ReduceSum", ["s", "axes"], ["y"], keepdims=0),
+    ]
+    inits = [ints("axes", [-1]), numpy_helper.from_array(np.array(0.0, np.float32), "zero"), ints("reps", [1, 1, 1]),
+             init("bias", 1, 1, 6), ints("eshape", [1, 4, 6])]
+    model = make(nodes, inits, [vin("x", 1, 4, 6)], [vin("y", 1, 4)], opset=18)
+    x = RNG.standard_normal((1, 4, 6)).astype("float32")
+    np.testing.assert_allclose(np.asarray(spa.from_onnx(model)(x)), run_onnx(model, x)[0], rtol=1e-5, atol=1e-6)

@@ -339,11 +339,9 @@ class _Converter:
         x, layout = self.t[node.input[0]]
         self.set(node.output[0], fn(x, self.layer_name(node)), layout)
 
-    @converts("Identity")
+    @converts("Identity", "Dropout")
     def op_Identity(self, node):
         self.t[node.output[0]] = self.t[node.input[0]]
-
-    op_Dropout = op_Identity
 
     @converts("Cast")
     def op_Cast(self, node):
@@ -410,6 +408,56 @@ class _Converter:
             st, en, sp = int(st), int(en), int(sp)
             index[where.get(a, a)] = slice(st, None if abs(en) >= big else en, sp)
         self.set(node.output[0], x[tuple(index)], layout)
+
+    @converts("ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare")
+    def op_Reduce(self, node):
+        """Reductions other than the mean (Swin V2's cosine attention normalises q and k by ReduceL2)."""
+        o = self.k.ops
+        axes = self.axes_of(node)
+        if axes is None and attr(node, "noop_with_empty_axes", 0):
+            self.t[node.output[0]] = self.t[node.input[0]]
+            return
+        keep = bool(attr(node, "keepdims", 1))
+        x = self.native(node.input[0])
+        axis = tuple(a % len(x.shape) for a in axes) if axes else None
+        fn = {
+            "ReduceSum": lambda v: o.sum(v, axis=axis, keepdims=keep),
+            "ReduceMax": lambda v: o.max(v, axis=axis, keepdims=keep),
+            "ReduceMin": lambda v: o.min(v, axis=axis, keepdims=keep),
+            "ReduceProd": lambda v: o.prod(v, axis=axis, keepdims=keep),
+            "ReduceL1": lambda v: o.sum(o.abs(v), axis=axis, keepdims=keep),
+            "ReduceL2": lambda v: o.sqrt(o.sum(o.square(v), axis=axis, keepdims=keep)),
+            "ReduceSumSquare": lambda v: o.sum(o.square(v), axis=axis, keepdims=keep),
+        }[node.op_type]
+        self.set(node.output[0], fn(x), NATIVE)
+
+    @converts("Expand")
+    def op_Expand(self, node):
+        target = list(self.shapes.get(node.output[0]) or [])
+        if not target or None in target[1:]:
+            raise UnsupportedModelError("Expand to a shape of unknown size is not converted")
+        x = self.native(node.input[0])
+        if x.shape[0] is None:  # the batch stays as it comes
+            target[0] = 1 if len(x.shape) == len(target) else target[0]
+            y = x * self.k.ops.ones(tuple(target), dtype=x.dtype)
+        else:
+            y = self.k.ops.broadcast_to(x, tuple(target))
+        self.set(node.output[0], y, NATIVE)
+
+    @converts("Where")
+    def op_Where(self, node):
+        c, a, b = (self.operand(x, NATIVE) for x in node.input)
+        self.set(node.output[0], self.k.ops.where(c, a, b), NATIVE)
+
+    @converts("Equal")
+    def op_Equal(self, node):
+        a, b = (self.operand(x, NATIVE) for x in node.input)
+        self.set(node.output[0], self.k.ops.equal(a, b), NATIVE)
+
+    @converts("Tile")
+    def op_Tile(self, node):
+        reps = [int(r) for r in self.const(node.input[1])]
+        self.set(node.output[0], self.k.ops.tile(self.native(node.input[0]), reps), NATIVE)
 
     @converts("Einsum")
     def op_Einsum(self, node):
