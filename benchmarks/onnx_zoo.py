@@ -379,8 +379,20 @@ def main(argv=None):
                     help="measure latency for cached rows that passed and have none (after a --no-latency run)")
     ap.add_argument("--one", help="prune one .onnx file and print its row (what each subprocess runs)")
     ap.add_argument("--row-out", help=argparse.SUPPRESS)
+    ap.add_argument("--many", nargs="+", help="prune these .onnx files in one process (rows in --row-dir)")
+    ap.add_argument("--row-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=1, help="files pruned by one process (TensorFlow imported once)")
     args = ap.parse_args(argv)
 
+    if args.many:
+        import gc
+
+        for path in args.many:
+            row = prune_one(path, keras_check=not args.no_keras, measure=not args.no_latency)
+            _write_json(os.path.join(args.row_dir, os.path.basename(path)[: -len(".onnx")] + ".json"), row)
+            print(json.dumps(row), flush=True)
+            gc.collect()
+        return 0
     if args.one and args.latency_only:
         print(json.dumps(latency_one(args.one, args.row_out)), flush=True)
         return 0
@@ -417,6 +429,7 @@ def main(argv=None):
         size = lambda p: os.path.getsize(p) if os.path.exists(p) else float("inf")  # noqa: E731
         pairs.sort(key=lambda ne: size(os.path.join(args.cache, f"{ne[0]}.{ne[1]}.onnx")))
     todo = pairs[args.shard[0]::args.shard[1]] if args.shard else pairs
+    pending = []
     for name, e in todo:
         meta_path = os.path.join(args.cache, f"{name}.{e}.json")
         cached = os.path.join(results_dir, f"{name}.{e}.json")
@@ -432,26 +445,38 @@ def main(argv=None):
             continue
         if os.path.exists(cached) and (args.rerun == "none" or (args.rerun == "failed" and _load(cached).get("ok"))):
             continue
-        print(f"prune {name} ({e})", flush=True)
-        cmd = ["nice", "-n", "10", sys.executable, os.path.abspath(__file__), "--one",
-               os.path.join(args.cache, f"{name}.{e}.onnx"), "--row-out", cached]
-        cmd += ["--no-keras"] * args.no_keras + ["--no-latency"] * args.no_latency
         if os.path.exists(cached):
             os.remove(cached)
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT,
-                               env=dict(os.environ, PYTHONPATH=ROOT))
-            fail = None if os.path.exists(cached) else f"the pruning process exited with {r.returncode}: {r.stderr.strip()[-500:]}"
-        except subprocess.TimeoutExpired:
-            fail = f"pruning took longer than {args.timeout} s"
-        if fail:
-            _write_json(cached, dict(model=name, exporter=e, ok=False, error=fail, stage="process"))
-        row = _load(cached)
-        print(json.dumps({k: row.get(k) for k in ("model", "exporter", "ok", "macs_before", "macs_after",
-                                                  "oracle_passed", "keras_matches", "error")}), flush=True)
+        pending.append((name, e))
+    for i in range(0, len(pending), args.batch):
+        chunk = pending[i:i + args.batch]
+        print("prune " + ", ".join(f"{n} ({e})" for n, e in chunk), flush=True)
+        fail = _run_chunk(args, chunk, results_dir)
+        for name, e in chunk:  # a crash loses the chunk's other files: each is tried again on its own
+            cached = os.path.join(results_dir, f"{name}.{e}.json")
+            if not os.path.exists(cached) and len(chunk) > 1:
+                fail = _run_chunk(args, [(name, e)], results_dir)
+            if not os.path.exists(cached):
+                _write_json(cached, dict(model=name, exporter=e, ok=False, error=fail, stage="process"))
+            row = _load(cached)
+            print(json.dumps({k: row.get(k) for k in ("model", "exporter", "ok", "macs_before", "macs_after",
+                                                      "oracle_passed", "keras_matches", "error")}), flush=True)
         write_results(args.out, all_names, exporters, args.cache)
     print(json.dumps(write_results(args.out, all_names, exporters, args.cache), indent=1))
     return 0
+
+
+def _run_chunk(args, chunk, results_dir):
+    """Prune the chunk's files in one process (TensorFlow is imported once); the failure, if any."""
+    cmd = ["nice", "-n", "10", sys.executable, os.path.abspath(__file__), "--row-dir", results_dir, "--many"]
+    cmd += [os.path.join(args.cache, f"{n}.{e}.onnx") for n, e in chunk]
+    cmd += ["--no-keras"] * args.no_keras + ["--no-latency"] * args.no_latency
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout * len(chunk), cwd=ROOT,
+                           env=dict(os.environ, PYTHONPATH=ROOT))
+        return None if r.returncode == 0 else f"the pruning process exited with {r.returncode}: {r.stderr.strip()[-500:]}"
+    except subprocess.TimeoutExpired:
+        return f"pruning took longer than {args.timeout} s"
 
 
 def collect(names, exporters, cache):
