@@ -181,6 +181,19 @@ def _code_version():
         return None
 
 
+def input_sensitivity(model, x):
+    """How much the output moves between two inputs, relative to its size: near 0, the model's output
+    does not depend on its input (vanishing activations) and no check at the output can see a channel."""
+    import numpy as np
+
+    from spa_keras.backends.onnx import run_onnx
+
+    a = run_onnx(model, x)[0]
+    b = run_onnx(model, np.random.default_rng(7).standard_normal(x.shape).astype(x.dtype))[0]
+    scale = float(np.abs(a).max())
+    return float(np.abs(a - b).max()) / scale if scale else 0.0
+
+
 def slim_path(path):
     return os.path.join(os.path.dirname(path), "slim", os.path.basename(path))
 
@@ -262,6 +275,7 @@ def prune_one(path, keras_check=True, measure=True):
         else:
             x = np.random.default_rng(1).standard_normal(shape).astype("float32")
         model = sensitise(model)
+        row["input_sensitivity"] = input_sensitivity(model, x)
         stage = "read"
         t0 = time.perf_counter()
         og = from_onnx_model(model)
