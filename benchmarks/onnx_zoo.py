@@ -46,6 +46,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # this checkout's spa_keras, not an installed one
 CACHE = os.path.expanduser("~/.cache/spa_keras")
 EXPORTERS = ("torchscript", "dynamo")
+BLIND = 1e-4  # output moves less than this (relative) between two inputs: checks at the output see little
 
 
 # ---- step 1: export ------------------------------------------------------------------------------
@@ -360,6 +361,7 @@ def summarise(rows):
         rs = [x for x in (ratio(r, b) for r in ok) if x]
         out[f"median_latency_ratio_{b}"] = float(np.median(rs)) if rs else None
         out[f"latency_measured_{b}"] = len(rs)
+    out["ok_input_blind"] = sum(r.get("input_sensitivity", 1.0) < BLIND for r in ok)
     macs = [r["macs_after"] / r["macs_before"] for r in ok if r.get("macs_before")]
     out["median_macs_ratio"] = float(np.median(macs)) if macs else None
     return out
