@@ -362,6 +362,7 @@ def summarise(rows):
         out[f"median_latency_ratio_{b}"] = float(np.median(rs)) if rs else None
         out[f"latency_measured_{b}"] = len(rs)
     out["ok_input_blind"] = sum(r.get("input_sensitivity", 1.0) < BLIND for r in ok)
+    out["ok_input_unmeasured"] = sum("input_sensitivity" not in r for r in ok)
     macs = [r["macs_after"] / r["macs_before"] for r in ok if r.get("macs_before")]
     out["median_macs_ratio"] = float(np.median(macs)) if macs else None
     return out

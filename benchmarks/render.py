@@ -94,7 +94,9 @@ def onnx_table(data) -> str:
             "",
             f"Of the files that pass, {sm.get('ok_input_blind', 0)} have an output that barely depends on the input "
             "(it moves by less than 1e-4 of its size between two inputs: activations vanish in the untrained "
-            "model), so the checks at the output see little there; they are marked *blind* below.",
+            "model), so the checks at the output see little there; they are marked *blind* below"
+            + (f" ({sm['ok_input_unmeasured']} passing files were not measured for this)." if sm.get("ok_input_unmeasured")
+               else "."),
             "",
         ]
     lines += ["| model | exporter | input | GMACs before → after | params (M) before → after | plan (s) | apply (s) "
