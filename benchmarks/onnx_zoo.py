@@ -252,6 +252,9 @@ def sensitise(model, seed=0):
     return model
 
 
+CODE_VERSION = _code_version()  # when this process started: the code it imported
+
+
 def prune_one(path, keras_check=True, measure=True):
     """Everything measured for one ONNX file, as a dict (exceptions are caught stage by stage)."""
     import gc
@@ -265,7 +268,7 @@ def prune_one(path, keras_check=True, measure=True):
 
     base = os.path.basename(path)[: -len(".onnx")]
     model_name, exporter = base.rsplit(".", 1)
-    row = dict(model=model_name, exporter=exporter, code=_code_version())
+    row = dict(model=model_name, exporter=exporter, code=CODE_VERSION)
     io_path = os.path.join(os.path.dirname(path), f"{model_name}.io.npz")
     stage = "load"
     try:
