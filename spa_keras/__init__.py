@@ -15,6 +15,7 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is firs
 from .errors import (  # noqa: E402 - errors are light and needed everywhere
     CalibrationDataError,
     InvalidArgumentError,
+    MissingDependencyError,
     ModelFileError,
     NonFiniteWeightsError,
     OutputExistsError,
@@ -25,7 +26,7 @@ from .errors import (  # noqa: E402 - errors are light and needed everywhere
 
 from . import plan as _plan_module  # noqa: E402, F401 - loaded now so that it never shadows spa.plan (NumPy only)
 
-del plan  # the name is spa.plan, the function (see __getattr__); the module stays spa_keras.plan
+globals().pop("plan")  # the name spa.plan is the function (see __getattr__); the module stays spa_keras.plan
 
 __version__ = "0.1.0"
 
@@ -45,7 +46,7 @@ _LAZY = {
 
 __all__ = sorted(_LAZY) + [
     "PruningError", "InvalidArgumentError", "RebuildError", "UnsupportedModelError", "CalibrationDataError",
-    "ModelFileError", "NonFiniteWeightsError", "OutputExistsError",
+    "ModelFileError", "NonFiniteWeightsError", "OutputExistsError", "MissingDependencyError",
 ]
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import fnmatch
 import os
 
+import numpy as np
+
 from . import config as _config
-from .config import DATA, RECIPE, RUN, PruningConfig, resolve
+from .config import DATA, RECIPE, RUN, PruningConfig, check_names, resolve
 from .errors import InvalidArgumentError, OutputExistsError
 from .graph import analyse
 from .metrics import count_macs, count_params
@@ -25,7 +27,7 @@ def _is_onnx(model) -> bool:
 
 
 def _frontend_options(cfg: PruningConfig | None) -> dict:
-    return {"prune_layer_norm": bool(cfg is not None and cfg.prune_layer_norm)}
+    return {"residual_stream": "hold" if cfg is None else cfg.residual_stream}
 
 
 def read_model(model, cfg: PruningConfig | None = None):
@@ -105,6 +107,17 @@ def _resolve_ratio_per_layer(view, analysis, ratio_per_layer) -> dict:
     return out
 
 
+def _stream_groups(view, analysis) -> set:
+    """The groups of the residual streams that normalisation layers read across (what ``hidden_ratio``
+    prunes); an error when there is none."""
+    groups = {analysis._group_of(node.inputs[0]) for node in view.graph.nodes if node.attrs.get("stream") == "pass"}
+    groups.discard(None)
+    if not groups:
+        raise InvalidArgumentError(f"hidden_ratio: model {view.graph.name!r} has no residual stream that a "
+                                   "normalisation layer reads across (or it is held: ignored_layers, an output)")
+    return groups
+
+
 def _scores(view, analysis, cfg: PruningConfig):
     from . import criteria
 
@@ -119,12 +132,17 @@ def _scores(view, analysis, cfg: PruningConfig):
     return score_fn(analysis, view.weight, reduction=cfg.group_reduction, **context)
 
 
-def _plan(model, cfg: PruningConfig, verbose=None):
+def _plan(model, cfg: PruningConfig, verbose):
     """``(plan, post)``: the plan, and the post-training run that made it (None without an algorithm),
     which :func:`prune` asks to finish the written model."""
     view = read_model(model, cfg)
-    analysis = analyse(view.graph, fixed_nodes=_resolve_ignored(view, cfg.ignored_layers))
-    algorithm = cfg.algorithm or ("obspa" if cfg.calibration_data is not None else None)
+    fixed = _resolve_ignored(view, cfg.ignored_layers)
+    analysis = analyse(view.graph, fixed_nodes=fixed)
+    group_ratios, rotation = {}, None
+    if cfg.residual_stream == "rotate":
+        view, analysis, rotation = _rotated(view, analysis, cfg, verbose)
+        analysis = analyse(view.graph, fixed_nodes=fixed)
+    algorithm = cfg.algorithm or ("obspa" if cfg.calibration_data is not None and rotation is None else None)
     post = None
     if algorithm is not None:
         from .algorithms import PostTraining
@@ -134,8 +152,19 @@ def _plan(model, cfg: PruningConfig, verbose=None):
     scores = _scores(view, analysis, cfg)
     if post is not None:
         scores = post.scores(analysis, scores)
+    group_ratios = _resolve_ratio_per_layer(view, analysis, cfg.ratio_per_layer)
+    if rotation is not None:  # the rotated stream keeps its first channels: the principal directions
+        (g,) = _stream_groups(view, analysis)
+        scores = scores.copy()
+        scores[analysis.groups[g].classes] = np.nan
+        lay = analysis.layouts[next(n.inputs[0] for n in view.graph.nodes if n.attrs.get("stream") == "pass")]
+        width = len(lay)
+        scores[analysis.class_of[lay]] = (width - np.arange(width)) / width
+        group_ratios[g] = (width - rotation.keep) / width
+    elif cfg.hidden_ratio is not None:
+        group_ratios.update({g: cfg.hidden_ratio for g in _stream_groups(view, analysis)})
     options = dict(global_pruning=cfg.global_pruning, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
-                   group_ratios=_resolve_ratio_per_layer(view, analysis, cfg.ratio_per_layer))
+                   group_ratios=group_ratios)
     if cfg.target_macs is not None or cfg.target_params is not None:
         counter, name = (count_macs, "target_macs") if cfg.target_macs is not None else (count_params, "target_params")
         base = counter(view.graph)
@@ -146,9 +175,42 @@ def _plan(model, cfg: PruningConfig, verbose=None):
         result = select(analysis, scores, cfg.ratio, **options)
     criterion = cfg.criterion if isinstance(cfg.criterion, str) else getattr(cfg.criterion, "__name__", "custom")
     result.attach(view).record(criterion=criterion)
+    if rotation is not None:
+        result.record(residual_stream="rotate", rotation_exact=rotation.exact, hidden_kept=rotation.keep)
     if post is not None:
         post.finish(result)
     return result, post
+
+
+def _rotated(view, analysis, cfg: PruningConfig, verbose):
+    """``(view, analysis, rotation)`` of the model with its residual stream folded, centred and rotated
+    (:mod:`spa_keras.algorithms.rotate`), written at full width: a new model whose stream's first
+    channels are the ones to keep."""
+    import math
+
+    from .algorithms import inputs_for
+    from .algorithms.rotate import Rotation
+
+    if any(n.attrs.get("norm") == "post_layer" for n in view.graph.nodes):
+        raise InvalidArgumentError(
+            f"residual_stream='rotate': model {view.graph.name!r} normalises after the residual add (post-norm, "
+            "like BERT), so its stream cannot be rotated without changing what it computes; use "
+            "residual_stream='slice' (approximate) or 'hold'")
+    streams = _stream_groups(view, analysis)
+    if len(streams) != 1:
+        raise InvalidArgumentError(f"residual_stream='rotate': model {view.graph.name!r} has {len(streams)} residual "
+                                   "streams read by normalisation layers; rotation handles one")
+    (g,) = streams
+    width = analysis.groups[g].size
+    fraction = cfg.hidden_ratio if cfg.hidden_ratio is not None else cfg.ratio
+    keep = width - int(math.floor(fraction * width + 1e-9))
+    for driver, _, factor in analysis.links:  # the hidden width must stay a multiple of the head size
+        if driver == g:
+            keep = max(factor, keep // factor * factor)
+    inputs = inputs_for(view, cfg.calibration_data, cfg.calibration_samples, cfg.data_free, 0, verbose)
+    rotation = Rotation(view, analysis, g, inputs, max(1, keep))
+    rotated = apply(PruningPlan.empty(analysis, view).compensate(rotation.arrays))
+    return read_model(rotated, cfg), analysis, rotation
 
 
 def plan(model, config=None, **options) -> PruningPlan:
@@ -167,8 +229,8 @@ def plan(model, config=None, **options) -> PruningPlan:
     >>> abs(p.settings["reached"] / p.settings["base"] - 0.5) < 0.01
     True
     """
-    verbose = _config.check_run(verbose=options.pop("verbose", None))["verbose"]
-    return _plan(model, resolve(config, "spa.plan", **options), verbose)[0]
+    run = _config.check_run(**{k: options.pop(k) for k in ("verbose",) if k in options})
+    return _plan(model, resolve(config, "spa.plan", **options), run["verbose"])[0]
 
 
 def apply(plan_: PruningPlan):
@@ -208,7 +270,7 @@ def prune(model, config=None, **options):
     return _prune(model, resolve(config, "spa.prune", **options), **run)[0]
 
 
-def _prune(model, cfg: PruningConfig, output=None, overwrite=False, report=None, verbose=None):
+def _prune(model, cfg: PruningConfig, output, overwrite, report, verbose):
     """:func:`prune`, returning ``(slim, report, plan)``: the report only when asked for or verbose, the
     plan that was written (the first of them when pruning in steps)."""
     if output is not None and os.path.exists(output) and not overwrite:  # before any work
@@ -286,9 +348,10 @@ class Pruner:
         self.report = None
         self.last_plan = None
 
-    def plan(self, model, verbose=None) -> PruningPlan:
-        """The plan this recipe makes for ``model`` (nothing is changed)."""
-        return _plan(model, self.config, _config.check_run(verbose=verbose)["verbose"])[0]
+    def plan(self, model, **run) -> PruningPlan:
+        """The plan this recipe makes for ``model`` (nothing is changed); ``verbose`` as for :func:`plan`."""
+        check_names(run, ["verbose"], "Pruner.plan")
+        return _plan(model, self.config, _config.check_run(**run)["verbose"])[0]
 
     def prune(self, model, **run):
         """The slim model (the run options of :func:`prune`: ``output``, ``overwrite``, ``report``,

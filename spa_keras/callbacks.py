@@ -120,7 +120,7 @@ class PruningCallback(keras.callbacks.Callback):
         from .api import _plan
 
         if self._kg is None:
-            self._kg = from_keras(self.model, prune_layer_norm=self.config.prune_layer_norm)
+            self._kg = from_keras(self.model, residual_stream=self.config.residual_stream)
         f = self.current_fraction()
         if f <= 0:
             return
@@ -158,8 +158,9 @@ class GroupSparsity(keras.callbacks.Callback):
     That is a step of an L2 group penalty whose strength rises as importance falls.
     """
 
-    def __init__(self, reg: float = 1e-4, alpha: float = 4.0, criterion="l2"):
+    def __init__(self, reg: float = 1e-4, alpha: float = 4.0, criterion=None):
         super().__init__()
+        criterion = resolve(None, "GroupSparsity", **({} if criterion is None else {"criterion": criterion})).criterion
         if reg < 0 or alpha < 1:
             raise InvalidArgumentError("GroupSparsity needs reg >= 0 and alpha >= 1")
         self.reg, self.alpha, self.criterion = float(reg), float(alpha), criterion

@@ -233,7 +233,7 @@ def _prune_staged(model, config, stage, quiet=False):
     verbose = False if quiet else None
     if config.steps > 1:
         stage(f"pruning in {config.steps} steps")
-        return _prune(model, config, verbose=verbose)[0], None
+        return _prune(model, config, None, False, None, verbose)[0], None
     stage("scoring channels and planning")
     plan, post = _plan(model, config, verbose)
     stage("writing the slim model")

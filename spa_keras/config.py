@@ -25,6 +25,7 @@ from typing import Any, Callable
 from .errors import InvalidArgumentError
 
 RECIPE, DATA, RUN = "recipe", "data", "run"
+RESIDUAL_STREAM = ("hold", "slice", "rotate")
 
 
 @dataclass(frozen=True)
@@ -233,8 +234,14 @@ OPTIONS: tuple[Option, ...] = (
            "an absolute count, met within 1%", optional(target), cli={"type": float}),
     Option("target_params", None, "reach this many parameters instead of a ratio: a fraction (0.5) or a count, "
            "met within 1%", optional(target), cli={"type": float}),
-    Option("prune_layer_norm", False, "prune LayerNorm-coupled streams (a ViT's residual stream) too; "
-           "approximate: fine-tune afterwards", boolean, cli={"action": "store_true"}),
+    Option("residual_stream", "hold", "the channels of a stream that normalisation layers read across (a "
+           "transformer's residual stream): hold (kept, exact), slice (pruned like any channel; approximate where "
+           "a norm's statistics change) or rotate (rotated onto the principal directions of calibration "
+           "activations, after folding the norms' scales into their readers, and the weakest directions dropped)",
+           lambda n, v: choice(n, v, RESIDUAL_STREAM), choices=lambda: RESIDUAL_STREAM, cli={"type": str}),
+    Option("hidden_ratio", None, "with residual_stream slice or rotate: the fraction of the stream's width to "
+           "remove (default: the stream is pruned like the other groups, by ratio or the target)",
+           optional(fraction), cli={"type": float}),
     Option("steps", 1, "prune iteratively in this many steps, scoring the channels again between them",
            positive_int, cli={"type": int}),
     Option("data", None, "samples for the gradient criteria: an array, (x, y), a tf.data.Dataset or a generator "
@@ -344,6 +351,12 @@ class PruningConfig:
             setattr(self, name, o.check(name, kwargs.get(name, o.default)))
         if self.target_macs is not None and self.target_params is not None:
             raise InvalidArgumentError("give target_macs or target_params, not both")
+        if self.hidden_ratio is not None and self.residual_stream == "hold":
+            raise InvalidArgumentError("hidden_ratio removes width from the residual stream: set residual_stream="
+                                       "'slice' or 'rotate' (with residual_stream='hold' the stream keeps its width)")
+        if self.residual_stream == "rotate" and self.calibration_data is None:
+            raise InvalidArgumentError("residual_stream='rotate' finds the stream's principal directions in "
+                                       "calibration activations: pass calibration_data=... (a few hundred samples)")
         if self.algorithm_options:
             if self.algorithm is None and self.calibration_data is None:
                 raise InvalidArgumentError("algorithm_options are given but no algorithm: set algorithm='obspa' "
@@ -429,6 +442,7 @@ def _same(a, b):
 
 def resolve(config=None, where: str = "spa.plan", **kwargs) -> PruningConfig:
     """A :class:`PruningConfig` from an optional config and keyword overrides (validated)."""
+    check_names(kwargs, _fields(), where)
     if isinstance(config, dict):
         config = PruningConfig.from_config(config)
     if config is None:
@@ -436,7 +450,6 @@ def resolve(config=None, where: str = "spa.plan", **kwargs) -> PruningConfig:
     if not isinstance(config, PruningConfig):
         raise InvalidArgumentError(f"config must be a spa.PruningConfig or its get_config() dict, got "
                                    f"{type(config).__name__}")
-    check_names(kwargs, _fields(), where)
     return config.replace(**kwargs) if kwargs else config
 
 
@@ -466,6 +479,19 @@ def from_arguments(args, kinds=(RECIPE,)) -> dict:
     return out
 
 
+def options_page() -> str:
+    """``docs/options.md``: a short introduction and :func:`markdown_table`."""
+    return (
+        "# Options\n\n"
+        "Every option of `spa.prune`, `spa.plan`, `spa.PruningConfig`, `spa.Pruner`, `model.prune`,\n"
+        "`spa.callbacks.PruningCallback` and the `spa-keras` command, with its default. They are defined once, in\n"
+        "`spa_keras.config.OPTIONS`; this page is made from it (`python -m spa_keras.config > docs/options.md`),\n"
+        "and a test keeps the two equal. Kinds: `recipe` options are part of a stored `PruningConfig`\n"
+        "(`get_config()`); `data` options are held for one call and never saved; `run` options say how one call\n"
+        "writes its result.\n\n" + markdown_table()
+    )
+
+
 def markdown_table() -> str:
     """The options as a Markdown table (``docs/options.md`` holds it; a test keeps the two equal)."""
     rows = ["| option | default | kind | command line | meaning |", "|---|---|---|---|---|"]
@@ -474,5 +500,8 @@ def markdown_table() -> str:
         rows.append(f"| `{o.name}` | `{o.default!r}` | {o.kind} | {flags} | {o.help} |")
     return "\n".join(rows) + "\n"
 
+
+if __name__ == "__main__":
+    print(options_page(), end="")
 
 __all__ = ["OPTIONS", "Option", "PruningConfig", "resolve", "add_arguments", "from_arguments", "markdown_table"]

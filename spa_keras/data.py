@@ -43,14 +43,17 @@ def keras_tree_first(x):
 def iterate_batches(data, batch_size: int = 32, max_samples: int | None = None):
     """Yield ``(x, y)`` NumPy batches (``y`` is None for unlabeled data) from ``data``:
 
-    - a NumPy array (inputs), or a tuple ``(inputs, targets)`` of arrays: cut into ``batch_size``;
+    - a NumPy array (inputs), a dict of arrays (named inputs), or a tuple ``(inputs, targets)`` of
+      arrays: cut into ``batch_size``;
     - a ``tf.data.Dataset`` or any iterable of batches ``x`` or ``(x, y)``: taken as they come.
 
     Stops after ``max_samples`` samples.
     """
     if data is None:
         raise InvalidArgumentError("no data given")
-    if isinstance(data, np.ndarray) or (
+    if isinstance(data, dict) and data and all(isinstance(a, np.ndarray) for a in data.values()):
+        batches = _rebatch(data, None, batch_size)  # named inputs: {"token_ids": ..., "padding_mask": ...}
+    elif isinstance(data, np.ndarray) or (
         isinstance(data, tuple) and len(data) == 2 and all(isinstance(a, np.ndarray) for a in data)
     ):
         x, y = (data, None) if isinstance(data, np.ndarray) else data

@@ -48,3 +48,23 @@ class OutputExistsError(InvalidArgumentError, FileExistsError):
 class RebuildError(PruningError, RuntimeError):
     """The slim model could not be written (a layer could not be re-created from its config, or a
     sliced weight does not fit the rebuilt layer)."""
+
+
+class MissingDependencyError(PruningError, ImportError):
+    """A package that one feature needs is not installed; the message names it and the command that
+    installs it."""
+
+
+def require(module: str, package: str | None = None, why: str = ""):
+    """Import ``module``, or raise :class:`MissingDependencyError` naming the pip package (``package``,
+    by default the module's name) and what needs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = package or module
+        raise MissingDependencyError(
+            f"{why + ' needs' if why else 'this needs'} the package {package!r}, which is not installed: "
+            f"pip install {package}"
+        ) from None

@@ -200,23 +200,21 @@ def _n_remove(n: int, wanted: int, max_ratio: float, round_to: int) -> int:
     return max(0, n - keep)
 
 
-def select(
-    analysis: Analysis,
-    scores: np.ndarray,
-    ratio: float = 0.5,
-    global_pruning: bool = False,
-    max_ratio: float = 1.0,
-    round_to: int = 1,
-    group_ratios: dict | None = None,
-) -> PruningPlan:
+def select(analysis: Analysis, scores: np.ndarray, ratio: float, **options) -> PruningPlan:
     """Choose the classes to remove from per-class ``scores`` (lower = less important; NaN = keep).
 
     Local: each group loses ``floor(ratio * size)`` classes. Global: the ``ratio`` of all prunable
     classes with the lowest scores, wherever they are, then the per-group limits. ``group_ratios``
     (group id -> ratio) prunes those groups locally at their own ratio, in either mode. The values are
-    those :class:`~spa_keras.config.PruningConfig` validated.
+    those :class:`~spa_keras.config.PruningConfig` validated: ``global_pruning``, ``max_ratio``,
+    ``round_to`` (defaults: the options') and ``group_ratios``.
     """
-    group_ratios = {int(k): float(v) for k, v in (group_ratios or {}).items()}
+    from .config import BY_NAME
+
+    options = {k: options.get(k, BY_NAME[k].default) for k in ("global_pruning", "max_ratio", "round_to")} | {
+        "group_ratios": options.get("group_ratios")}
+    global_pruning, max_ratio, round_to = options["global_pruning"], options["max_ratio"], options["round_to"]
+    group_ratios = {int(k): float(v) for k, v in (options["group_ratios"] or {}).items()}
     scores = np.asarray(scores, np.float64)
     if scores.shape != (analysis.n_classes,):
         raise InvalidArgumentError(
@@ -225,12 +223,11 @@ def select(
     removed = np.zeros(analysis.n_classes, bool)
     index = GroupIndex(analysis)
     scorable = np.isfinite(scores)
+    ties = [ts for ts in analysis.tie_sets if not any(g in group_ratios for g in ts)]
+    in_tie = {g for ts in ties for g in ts}
     if global_pruning:
-        pool = [g.classes[scorable[g.classes]] for g in analysis.groups if g.id not in group_ratios]
-        pool = np.concatenate(pool) if pool else np.zeros(0, np.int64)
-        k = int(math.floor(ratio * len(pool)))
-        chosen = pool[np.argsort(scores[pool], kind="stable")[:k]]
-        wanted = np.bincount(analysis.group_of_class[chosen], minlength=len(analysis.groups))
+        wanted = _global_counts(analysis, scores, scorable, ratio, ties, in_tie, group_ratios)
+    counts = {}
     for g in analysis.groups:
         n = g.size
         if g.id in group_ratios:
@@ -239,12 +236,55 @@ def select(
             want = int(wanted[g.id])
         else:
             want = int(math.floor(ratio * n + 1e-9))
-        k = _n_remove(n, want, max_ratio, int(round_to))
+        counts[g.id] = _n_remove(n, want, max_ratio, int(round_to))
+    for ts in analysis.tie_sets:  # groups tied by count lose the same number (the fewest any asks for)
+        k = min(counts[g] for g in ts)
+        counts.update({g: k for g in ts})
+    for driver, follower, factor in analysis.links:  # the follower keeps one class per `factor` the driver keeps
+        n_d, n_f = analysis.groups[driver].size, analysis.groups[follower].size
+        kept = max(1, min(n_f, (n_d - counts[driver]) // factor))
+        counts[follower] = n_f - kept
+        counts[driver] = max(counts[driver], n_d - kept * factor)
+    for g in analysis.groups:
         candidates = g.classes[scorable[g.classes]]
         order = candidates[np.argsort(scores[candidates], kind="stable")]
-        removed[index.limit(g.id, order, k)] = True
+        removed[index.limit(g.id, order, counts[g.id])] = True
     settings = dict(ratio=ratio, global_pruning=global_pruning, max_ratio=max_ratio, round_to=int(round_to))
     return PruningPlan(analysis, removed, settings)
+
+
+def _global_counts(analysis, scores, scorable, ratio, ties, in_tie, group_ratios) -> np.ndarray:
+    """How many classes each group loses under one global ranking of the ``ratio`` of all prunable
+    classes. A set of groups tied by count enters the ranking as units (its k-th least important class
+    of every group together, scored by their mean) weighing as many classes as it has groups."""
+    items, weight, owner = [], [], []
+    for g in analysis.groups:
+        if g.id in group_ratios or g.id in in_tie:
+            continue
+        cls = g.classes[scorable[g.classes]]
+        items.append(scores[cls])
+        weight.append(np.ones(len(cls)))
+        owner.append(np.full(len(cls), g.id))
+    for t, ts in enumerate(ties):
+        per = [np.sort(scores[analysis.groups[g].classes][scorable[analysis.groups[g].classes]]) for g in ts]
+        n = min(len(p) for p in per)
+        items.append(np.mean([p[:n] for p in per], axis=0))
+        weight.append(np.full(n, float(len(ts))))
+        owner.append(np.full(n, -1 - t))
+    wanted = np.zeros(len(analysis.groups), np.int64)
+    if not items:
+        return wanted
+    items, weight, owner = np.concatenate(items), np.concatenate(weight), np.concatenate(owner)
+    order = np.argsort(items, kind="stable")
+    total = math.floor(ratio * weight.sum() + 1e-9)
+    take = order[np.cumsum(weight[order]) <= total]
+    single = owner[take][owner[take] >= 0]
+    wanted += np.bincount(single, minlength=len(analysis.groups))
+    for t, ts in enumerate(ties):
+        k = int(np.sum(owner[take] == -1 - t))
+        for g in ts:
+            wanted[g] = k
+    return wanted
 
 
 # ---- targets -------------------------------------------------------------------------------------
@@ -277,7 +317,8 @@ def search(analysis, scores, measure, target, **options) -> PruningPlan:
             lo, above = mid, p
         else:
             hi, below = mid, p
-    if abs(best[1] - target) > 1e-3 * target and above is not None and below is not None and options.get("round_to", 1) == 1:
+    one_by_one = options.get("round_to", 1) == 1 and not analysis.tie_sets  # adding single classes breaks ties
+    if abs(best[1] - target) > 1e-3 * target and above is not None and below is not None and one_by_one:
         extra = np.nonzero(below.removed_classes & ~above.removed_classes)[0]
         extra = extra[np.argsort(normalize(scores, analysis, "mean")[extra], kind="stable")]
         k_lo, k_hi = 0, len(extra)
@@ -290,7 +331,7 @@ def search(analysis, scores, measure, target, **options) -> PruningPlan:
             if abs(value - target) < abs(best[1] - target):
                 best = (p, value)
             k_lo, k_hi = (k + 1, k_hi) if value > target else (k_lo, k)
-    if abs(best[1] - target) > 0.01 * target and above is not None and options.get("round_to", 1) == 1:
+    if abs(best[1] - target) > 0.01 * target and above is not None and one_by_one:
         best = fill(analysis, scores, measure, target, above, best, options.get("max_ratio", 1.0))
     p, value = best
     if abs(value - target) > 0.01 * target:

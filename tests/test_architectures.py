@@ -5,6 +5,7 @@ import numpy as np
 from keras import layers as L
 
 import spa_keras as spa
+from spa_keras.metrics import count_params
 from spa_keras.testing import build_vit
 
 from conftest import check_pruned
@@ -45,9 +46,9 @@ def test_vit_prunes_heads_and_mlp_and_passes_the_oracle():
     assert "patch_embed" not in removed  # LayerNorm holds the residual stream by default
 
 
-def test_vit_residual_stream_with_prune_layer_norm():
+def test_vit_residual_stream_sliced():
     model = build_vit()
-    slim, plan = check_pruned(model, 0.5, prune_layer_norm=True, oracle=False)
+    slim, plan = check_pruned(model, 0.5, residual_stream="slice", oracle=False)
     assert slim.get_layer("patch_embed").kernel.shape == (4, 4, 3, 24)
     assert slim.get_layer("cls_token").cls.shape == (1, 1, 24)
     assert slim.get_layer("block2_ln2").gamma.shape == (24,)
@@ -157,3 +158,12 @@ def test_einsum_dense_into_heads_and_back():
     slim, plan = check_pruned(model, 0.5)
     assert slim.get_layer("to_heads").kernel.shape == (12, 3, 4)
     assert slim.get_layer("per_head").kernel.shape == (4, 6)
+
+
+def test_vit_reaches_half_its_macs_with_the_residual_stream_sliced():
+    model = build_vit()
+    plan = spa.plan(model, target_macs=0.5, residual_stream="slice")  # what docs/transformers.md recommends
+    assert abs(plan.settings["reached"] / plan.settings["base"] - 0.5) < 0.01
+    slim = spa.apply(plan)
+    assert slim.count_params() == count_params(plan.graph, plan)
+    assert "patch_embed" in plan.removed()  # the residual stream itself narrowed

@@ -19,7 +19,7 @@ def mlp():
 def test_round_trip_through_json():
     cfg = spa.PruningConfig(ratio=0.3, criterion="L1", global_pruning=True, ignored_layers=["hidden"], round_to=8,
                             max_ratio=0.8, group_reduction="max", normalization=None, ratio_per_layer={"h*": 0.2},
-                            target_macs=0.5, prune_layer_norm=True, steps=2, algorithm="obspa",
+                            target_macs=0.5, residual_stream="slice", steps=2, algorithm="obspa",
                             calibration_samples=64, data_free="random")
     back = spa.PruningConfig.from_config(json.loads(json.dumps(cfg.get_config())))
     assert back == cfg and back.criterion == "l1"
@@ -42,7 +42,7 @@ def test_data_is_held_but_not_stored():
     (dict(group_reduction="median"), "group_reduction"), (dict(normalization="z"), "normalization"),
     (dict(ratio_per_layer=[0.5]), "ratio_per_layer"), (dict(ratio_per_layer={"a": 2}), "ratio_per_layer"),
     (dict(target_macs=0), "target_macs"), (dict(target_params=float("nan")), "target_params"),
-    (dict(target_macs=0.5, target_params=0.5), "not both"), (dict(prune_layer_norm="no"), "prune_layer_norm"),
+    (dict(target_macs=0.5, target_params=0.5), "not both"), (dict(residual_stream="no"), "residual_stream"), (dict(hidden_ratio=0.2), "residual_stream="),
     (dict(steps=0), "steps"), (dict(algorithm="obs"), "algorithm"),
     (dict(calibration_samples=-5), "calibration_samples"),
     (dict(calibration_samples=1.5), "calibration_samples"), (dict(data_free="zeros"), "data_free"),

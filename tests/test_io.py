@@ -22,7 +22,7 @@ def test_export_for_serving_versions_and_signature(tmp_path):
     first = spa.export_for_serving(model, base)
     second = spa.export_for_serving(model, base)
     assert first.endswith("/1") and second.endswith("/2")
-    with pytest.raises(spa.InvalidArgumentError, match="never overwritten"):
+    with pytest.raises(spa.OutputExistsError, match="never overwritten"):
         spa.export_for_serving(model, base, version=1)
     sig = tf.saved_model.load(second).signatures["serving_default"]
     assert list(sig.structured_input_signature[1]) == ["features"]

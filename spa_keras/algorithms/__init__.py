@@ -13,7 +13,7 @@ SOURCES = ("bn", "random")  # data-free sources of synthetic inputs (see .source
 #: options each algorithm takes through ``algorithm_options`` (with their defaults)
 OPTIONS = {
     "obspa": {"damp": 1e-2, "batch_size": 32, "max_dim": 2048, "blocks": 32, "strategy": None,
-              "synthetic_steps": 200, "recalibrate_bn": True},
+              "synthetic_steps": 200, "recalibrate_bn": True, "update": "obs"},
     "reconstruct": {"epochs": (10, 10), "learning_rate": 1e-3, "decay": 1.0, "batch_size": 32,
                     "synthetic_steps": 200, "start": None},
 }
@@ -42,8 +42,7 @@ class PostTraining:
     any (Keras, ONNX); the reconstruction needs one that trains (Keras).
     """
 
-    def __init__(self, algorithm, model, calibration_data=None, samples=None, data_free="bn", options=None,
-                 verbose=None):
+    def __init__(self, algorithm, model, calibration_data, samples, data_free, options, verbose):
         import time
 
         self.algorithm = algorithm
@@ -55,7 +54,7 @@ class PostTraining:
         self.calibrated = calibration_data is not None
         self.source = "calibration" if self.calibrated else data_free
         t0 = time.perf_counter()
-        self.inputs = inputs_for(model, calibration_data, samples, data_free, self.options.pop("synthetic_steps"),
+        self.inputs = inputs_for(model, calibration_data, samples, data_free, self.options["synthetic_steps"],
                                  self.verbose)
         self.seconds_inputs = time.perf_counter() - t0
         self.obspa = None
@@ -64,17 +63,16 @@ class PostTraining:
         """OBSPA's group scores (``scores``, the criterion's, rank the groups it cannot); the
         reconstruction keeps the criterion's."""
         if self.algorithm == "obspa":
-            options = {k: v for k, v in self.options.items() if k != "recalibrate_bn"}
+            options = dict(self.options)
         elif self.options["start"] == "obspa":  # OBSPA chooses, compensates, then phase 2 trains
-            options = {k: v for k, v in OPTIONS["obspa"].items() if k not in ("recalibrate_bn", "synthetic_steps")}
-            options["batch_size"] = self.options["batch_size"]
+            options = {"batch_size": self.options["batch_size"]}
         else:
             return scores
         import tensorflow as tf
 
         from .obspa import OBSPA
 
-        if options["strategy"] is None and tf.distribute.has_strategy():
+        if options.get("strategy") is None and tf.distribute.has_strategy():
             options["strategy"] = tf.distribute.get_strategy()  # called inside strategy.scope()
         self.obspa = OBSPA(self.model, analysis, self.inputs, verbose=self.verbose, **options)
         return self.obspa.scores(scores)
@@ -115,18 +113,24 @@ class PostTraining:
             reestimate_batchnorm(slim, self.inputs, batch)
 
 
+def progress(total, desc: str, unit: str, verbose: bool):
+    """A progress bar for the algorithms' long work: on stderr, gone once done (so that what the caller
+    prints next, a table, starts on a clean line), hidden when ``verbose`` is False."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not verbose, leave=False)
+
+
 def inputs_for(model, calibration_data, samples: int | None, data_free: str, steps: int, verbose: bool = False):
     """The samples an algorithm learns from: ``samples`` of the calibration data, or, without data,
     ``samples`` synthetic inputs from ``data_free`` (``"bn"`` or ``"random"``)."""
-    from tqdm.auto import tqdm
-
     from .sources import calibration_inputs, synthetic_inputs
 
     if calibration_data is not None:
         return calibration_inputs(model, calibration_data, samples or 512)
     n = samples or 256
-    with tqdm(total=n, desc=f"synthetic inputs ({data_free})", unit="sample", disable=not verbose) as bar:
+    with progress(n, f"synthetic inputs ({data_free})", "sample", verbose) as bar:
         return synthetic_inputs(model, n, data_free, steps=steps, progress=bar)
 
 
-__all__ = ["ALGORITHMS", "OPTIONS", "SOURCES", "PostTraining", "check", "inputs_for"]
+__all__ = ["ALGORITHMS", "OPTIONS", "SOURCES", "PostTraining", "check", "inputs_for", "progress"]

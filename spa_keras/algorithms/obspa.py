@@ -47,6 +47,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from ..errors import InvalidArgumentError
+
+#: how the weights that stay change: the Optimal Brain Surgeon update, only the bias (FLAP), or not at all
+UPDATES = ("obs", "bias", "none")
+
 
 @dataclass
 class Consumer:
@@ -59,6 +64,11 @@ class Consumer:
     bn_mean: object = None  # the following BatchNorm's moving-mean Param, which absorbs the bias change
     views: list = field(default_factory=list)  # every call of a shared kernel
     cin: int = 0  # "channels" mode: the channels one position of the input holds
+
+    @property
+    def width(self) -> int:
+        """Features per row of the input (the constant 1 not counted)."""
+        return self.cin if self.mode == "channels" else self.dim - int(self.augmented)
 
     @property
     def node(self):
@@ -100,7 +110,26 @@ def _flattened_channels(graph, node, cls, producer) -> int:
     return c
 
 
-def find_consumers(model, analysis, max_dim: int = 2048) -> list:
+def _row_classes(analysis, node, view):
+    """The class each input feature of ``view`` reads (flattened over ``row_axes``), or None when the
+    features cannot be read one class at a time."""
+    kernel = view.kernel
+    if view.row_axes is None:
+        axis = next(a for a, r in kernel.axes.items() if r.side == "in")
+        ref = kernel.axes[axis]
+        if ref.repeat != 1 or ref.block or ref.tile != 1 or ref.index != 0:
+            return None
+        return analysis.class_of[analysis.axis_elements(node, kernel, axis)]
+    fixed = analysis.fixed_class
+    grids = np.meshgrid(*[analysis.class_of[analysis.axis_elements(node, kernel, a)] for a in view.row_axes],
+                        indexing="ij")
+    prunable = [g for g in grids if np.any(g != fixed)]
+    if len(prunable) > 1:
+        return None  # two prunable axes in one feature (heads and head size both): not one class per row
+    return (prunable[0] if prunable else grids[0]).reshape(-1)
+
+
+def find_consumers(model, analysis, max_dim: int) -> list:
     """Every OBS-compensable consumer of a prunable channel: the layers the frontend shows as a
     :class:`~spa_keras.frontends.base.LinearView` (dense layers, convolutions with ``groups == 1``) whose
     input axis reads at least one prunable class. ``model`` is the frontend's graph object."""
@@ -113,20 +142,13 @@ def find_consumers(model, analysis, max_dim: int = 2048) -> list:
         for t in node.outputs:
             producer[t] = node
     found: dict = {}
-    for node in graph.nodes:
-        view = model.linear(node)
-        if view is None:
-            continue
+    for node, view in ((n, v) for n in graph.nodes for v in model.linears(n)):
         kernel = view.kernel
         if kernel.key in found:
             found[kernel.key].views.append(view)
             continue
-        in_axis = next(a for a, r in kernel.axes.items() if r.side == "in")
-        ref = kernel.axes[in_axis]
-        if ref.repeat != 1 or ref.block or ref.tile != 1 or ref.index != 0:
-            continue
-        cls = analysis.class_of[analysis.axis_elements(node, kernel, in_axis)]
-        if np.all(cls == analysis.fixed_class):
+        cls = _row_classes(analysis, node, view)
+        if cls is None or np.all(cls == analysis.fixed_class):
             continue
         cin = 0
         if view.kind == "dense" and len(cls) <= max_dim:
@@ -165,23 +187,28 @@ def features(consumer: Consumer, view, x):
             x = tf.pad(x, [[0, 0], list(padding[0]), list(padding[1]), [0, 0]])
             padding = "valid"
         x = tf.image.extract_patches(x, [1, kh, kw, 1], [1, sh, sw, 1], [1, dh, dw, 1], padding.upper())
-    f = tf.reshape(x, (-1, consumer.cin if consumer.mode == "channels" else x.shape[-1]))
+    f = tf.reshape(x, (-1, consumer.width))
     if consumer.augmented:
         f = tf.concat([f, tf.ones_like(f[:, :1])], axis=1)
     return f
 
 
 def hessian_step(model, consumers):
-    """``step(x) -> [Σ xxᵀ per consumer]`` over one batch (traceable when the model's runner is)."""
+    """``step(x) -> [Σ xxᵀ per consumer]`` over one batch (traceable when the model's runner is). With a
+    ``padding_mask`` input, the padded positions of a sequence never enter a Hessian."""
     keep = {v.source for c in consumers for v in c.views}
+    mask_at = next((i for i, s in enumerate(model.input_specs()) if s.name == "padding_mask"), None)
 
     def step(x):
         values = model.run(x, keep=keep)
+        mask = None if mask_at is None else tf.reshape(tf.cast(x[mask_at], tf.float64), (-1, 1))
         out = []
         for c in consumers:
             total = 0.0
             for v in c.views:
                 f = features(c, v, values[v.source])
+                if mask is not None and v.per_token:
+                    f = f * mask
                 total = total + tf.matmul(f, f, transpose_a=True)
             out.append(total)
         return out
@@ -189,7 +216,7 @@ def hessian_step(model, consumers):
     return step
 
 
-def accumulate_hessians(model, consumers, inputs, batch_size: int = 32, strategy=None, progress=None) -> dict:
+def accumulate_hessians(model, consumers, inputs, batch_size: int, strategy=None, progress=None) -> dict:
     """``{kernel key: Σ x xᵀ}`` (float64 NumPy) over ``inputs`` (arrays, one per model input), in batches.
 
     Each batch runs as one ``tf.function`` when the model's runner is traceable (a Keras model; an ONNX
@@ -249,7 +276,7 @@ def unmatrix(consumer: Consumer, w: np.ndarray, kernel: np.ndarray, bias):
         if consumer.mode == "channels":
             delta = last.reshape(-1, cout).sum(axis=0)
         else:
-            delta = last - (0 if bias is None else bias)
+            delta = last - (0 if bias is None else bias.reshape(-1))
     if consumer.mode == "channels":
         cin = consumer.cin
         k = w.reshape(cin, -1, cout).transpose(1, 0, 2).reshape(kernel.shape)
@@ -358,7 +385,7 @@ class _Part:
         return float(loss)
 
 
-def group_scores(group, consumers, states, progress=None, blocks: int = 32):
+def group_scores(group, consumers, states, progress, blocks: int):
     """Greedy structured OBS over one group: a score per class of the group (cumulative relative
     loss at its removal) or None when some class has no OBS consumer."""
     classes = group.classes
@@ -412,16 +439,20 @@ class OBSPA:
     >>> # plan.compensate(o.compensation(plan)); slim = spa.apply(plan)
     """
 
-    def __init__(self, model, analysis, inputs, damp: float = 1e-2, batch_size: int = 32, strategy=None,
-                 max_dim: int = 2048, blocks: int = 32, verbose: bool = False):
-        from tqdm.auto import tqdm
+    def __init__(self, model, analysis, inputs, verbose: bool = False, **options):
+        """``options``: OBSPA's ``algorithm_options`` (``spa_keras.algorithms.OPTIONS["obspa"]`` has
+        them with their defaults): ``damp``, ``batch_size``, ``strategy``, ``max_dim``, ``blocks``."""
+        from . import check, progress
 
-        self.model, self.analysis, self.damp, self.blocks, self.verbose = model, analysis, damp, blocks, verbose
-        self.consumers = find_consumers(model, analysis, max_dim)
+        o = check("obspa", options)
+        if o["update"] not in UPDATES:
+            raise InvalidArgumentError(f"algorithm_options['update'] must be one of {UPDATES}, got {o['update']!r}")
+        self.model, self.analysis, self.verbose = model, analysis, verbose
+        self.damp, self.blocks, self.update = o["damp"], o["blocks"], o["update"]
+        self.consumers = find_consumers(model, analysis, o["max_dim"])
         n = len(inputs[0])
-        with tqdm(total=int(math.ceil(n / batch_size)), desc="OBSPA Hessians", unit="batch",
-                  disable=not verbose) as bar:
-            self.hessians = accumulate_hessians(model, self.consumers, inputs, batch_size, strategy, bar)
+        with progress(int(math.ceil(n / o["batch_size"])), "OBSPA Hessians", "batch", verbose) as bar:
+            self.hessians = accumulate_hessians(model, self.consumers, inputs, o["batch_size"], o["strategy"], bar)
         self._hinv = {}
 
     def hinv(self, key):
@@ -441,7 +472,7 @@ class OBSPA:
     def scores(self, fallback: np.ndarray) -> np.ndarray:
         """A score per class: the group's relative OBS loss at the class' removal (greedy); groups
         that OBS cannot score take ``fallback``'s scores (normalised by their group mean)."""
-        from tqdm.auto import tqdm
+        from . import progress
 
         a = self.analysis
         out = np.full(a.n_classes, np.nan)
@@ -449,15 +480,18 @@ class OBSPA:
         for c in self.consumers:
             for cls in np.unique(c.row_cls):
                 by_class.setdefault(int(cls), []).append(c)
-        with tqdm(total=sum(g.size for g in a.groups), desc="OBSPA scores", unit="ch",
-                  disable=not self.verbose) as bar:
+        with progress(sum(g.size for g in a.groups), "OBSPA scores", "ch", self.verbose) as bar:
             for g in a.groups:
                 users = {id(c): c for cls in g.classes for c in by_class.get(int(cls), [])}
                 states = {}
                 for c in users.values():
                     w = tf.constant(self._matrix(c), tf.float64)
                     states[c.key] = (w, self.hinv(c.key), self.hessians[c.key])
-                s = group_scores(g, list(users.values()), states, bar, self.blocks) if users else None
+                if self.update == "obs":
+                    s = group_scores(g, list(users.values()), states, bar, self.blocks) if users else None
+                else:
+                    s = self._direct_scores(g, list(users.values()))
+                    bar.update(g.size)
                 if s is None:
                     f = np.asarray(fallback, np.float64)[g.classes]
                     s = f / (np.nanmean(f) + 1e-12) if np.isfinite(f).any() else f
@@ -465,22 +499,59 @@ class OBSPA:
                 out[g.classes] = s
         return out
 
+    def _direct_scores(self, group, consumers):
+        """``update="none"`` (activation-weighted magnitude, Wanda-sp style): a class's loss is what its
+        rows carried, ``tr(W_Pᵀ H_PP W_P)``; ``update="bias"`` (FLAP style): what they carried beyond
+        their mean, ``tr(W_Pᵀ (H_PP − h_P h_Pᵀ / n) W_P)``, the mean going into the bias. Relative to the
+        consumers' output energy, like OBS scores; None when some class has no consumer."""
+        classes = group.classes
+        loss = np.zeros(len(classes))
+        covered = np.zeros(len(classes), bool)
+        energy = 0.0
+        for c in consumers:
+            found = _rows_by_class(c.row_cls, classes)
+            if found is None:
+                continue
+            present, rows = found
+            w, h = self._matrix(c), self.hessians[c.key]
+            energy += float(np.sum(w * (h @ w)))
+            idx = np.searchsorted(classes, present) if np.all(np.diff(classes) > 0) else \
+                np.array([int(np.nonzero(classes == p)[0][0]) for p in present])
+            for i, r in zip(idx, rows):
+                hpp = h[np.ix_(r, r)]
+                if self.update == "bias" and c.augmented:
+                    hb = h[r, -1]
+                    hpp = hpp - np.outer(hb, hb) / max(h[-1, -1], 1e-30)
+                loss[i] += float(np.sum(w[r] * (hpp @ w[r])))
+                covered[i] = True
+        if not covered.all():
+            return None
+        return loss / max(energy, 1e-30)
+
     def compensation(self, plan) -> dict:
         """``{parameter key: full-width array}``: the consumers' kernels (and biases, or following
-        BatchNorm means) re-fitted for the plan's removals (:meth:`PruningPlan.compensate` takes it)."""
+        BatchNorm means) re-fitted for the plan's removals (:meth:`PruningPlan.compensate` takes it).
+        ``update="bias"`` moves only the removed features' mean into the bias; ``"none"`` changes
+        nothing."""
         new = {}
         removed = plan.removed_classes
         for c in self.consumers:
             rows = np.nonzero(removed[c.row_cls])[0]
-            if not len(rows):
+            if not len(rows) or self.update == "none" or (self.update == "bias" and not c.augmented):
                 continue
             kernel, bias = self._kernel(c), self._bias(c)
-            w = compensate(matrix(c, kernel, bias), self.hinv(c.key), rows)
+            if self.update == "bias":
+                w = matrix(c, kernel, bias)
+                h = self.hessians[c.key]
+                w[-1] += (h[rows, -1] / max(h[-1, -1], 1e-30)) @ w[rows]  # the removed features' mean, times W
+                w[rows] = 0
+            else:
+                w = compensate(matrix(c, kernel, bias), self.hinv(c.key), rows)
             k, delta = unmatrix(c, w, kernel, bias)
             new[c.key] = c.view.native(k)
             if delta is not None:
                 if c.bias is not None:
-                    new[c.bias.key] = (bias + delta).astype(bias.dtype)
+                    new[c.bias.key] = (bias + delta.reshape(bias.shape)).astype(bias.dtype)
                 elif c.bn_mean is not None:
                     mean = self.model.weight(c.bn_mean.key)
                     new[c.bn_mean.key] = (mean - delta).astype(mean.dtype)

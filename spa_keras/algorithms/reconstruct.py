@@ -48,7 +48,7 @@ def _writer_masks(model, plan) -> dict:
     return masks
 
 
-def reestimate_batchnorm(model, inputs, batch_size: int = 32):
+def reestimate_batchnorm(model, inputs, batch_size: int):
     """Moving statistics of every batch normalisation := the average of its batch statistics over
     ``inputs``, with the model run in training mode (every batch normalisation on the batch's
     statistics, as when they were learnt). ``model`` is the frontend's graph object of the slim model;
@@ -143,14 +143,13 @@ def _train(trainer, inputs, epochs, batch_size, lr, penalty=None, decay=0.0, bar
 
 
 def _bar(epochs, inputs, batch_size, desc, verbose):
-    from tqdm.auto import tqdm
+    from . import progress
 
-    return tqdm(total=epochs * int(np.ceil(len(inputs[0]) / batch_size)), desc=desc, unit="step",
-                disable=not verbose)
+    return progress(epochs * int(np.ceil(len(inputs[0]) / batch_size)), desc, "step", verbose)
 
 
-def phase1(model, plan, inputs, epochs: int = 10, learning_rate: float = 1e-3, decay: float = 1.0,
-           batch_size: int = 32, verbose: bool = False):
+def phase1(model, plan, inputs, epochs: int, learning_rate: float, decay: float, batch_size: int,
+           verbose: bool = False):
     """Phase 1: a full-width copy of ``model`` trained on the probe loss with the growing decay on the
     slices that write the plan's removed channels. Returns ``({parameter key of model: trained array},
     [mean loss per epoch])``: the compensation the plan is written with."""
@@ -169,7 +168,7 @@ def phase1(model, plan, inputs, epochs: int = 10, learning_rate: float = 1e-3, d
     return {p.key: student.weight(q.key) for p, q in pairs}, history
 
 
-def phase2(teacher, student, plan, inputs, epochs: int = 10, learning_rate: float = 1e-3, batch_size: int = 32,
+def phase2(teacher, student, plan, inputs, epochs: int, learning_rate: float, batch_size: int,
            verbose: bool = False):
     """Phase 2, after the plan is written: the slim model (``student``, its frontend graph object, whose
     weights are trained in place) learns the teacher's kept channels. Returns the mean loss per epoch."""

@@ -31,6 +31,13 @@ def calibration_inputs(model, data, n: int) -> list:
     try:
         batches = iterate_batches(data, batch_size=256, max_samples=n)
         for x, _ in batches:
+            if isinstance(x, dict):  # named inputs: every model input by its name, in the model's order
+                missing = [s.name for s in specs if s.name not in x]
+                if missing or len(x) != len(specs):
+                    raise CalibrationDataError(
+                        f"calibration data is a dict with keys {sorted(x)} but model {name!r} takes the inputs "
+                        f"{[s.name for s in specs]}" + (f": {missing} missing" if missing else ""))
+                x = [x[s.name] for s in specs]
             flat = keras.tree.flatten(x)
             if len(flat) != len(specs):
                 raise CalibrationDataError(
@@ -76,7 +83,7 @@ def _bn_inputs(model):
     return out
 
 
-def synthetic_inputs(model, n: int, source: str = "bn", steps: int = 200, batch_size: int = 64,
+def synthetic_inputs(model, n: int, source: str, steps: int, batch_size: int = 64,
                      seed: int = 0, progress=None) -> list:
     """``n`` synthetic samples per model input (see the module docstring).
 

@@ -148,6 +148,10 @@ def apply_plan(kg: KerasGraph, plan: PruningPlan, transform=None) -> keras.Model
 
     >>> # slim = apply_plan(from_keras(model), spa.plan(model, ratio=0.5))
     """
+    from .keras_hub import apply_hub_plan, is_hub
+
+    if is_hub(kg.model):
+        return apply_hub_plan(kg, plan, transform)
     rb = _Rebuilder(kg, plan)
     model = kg.model
     if isinstance(model, keras.Sequential):

@@ -37,7 +37,12 @@ class LinearView:
     ``kernel_perm=None`` means the native layout is canonical. ``channels_first`` says that the input
     activations hold their channels on axis 1 (NCHW); canonical activations are channels-last.
     ``padding`` is ``"same"``, ``"valid"`` or explicit ``((before, after), ...)`` per spatial axis.
-    ``source`` is the graph tensor the layer reads (what :meth:`ModelView.run` is asked for).
+    ``source`` is what :meth:`ModelView.run` is asked for to get the layer's input: a graph tensor id,
+    or a *probe* ``("probe", node name, name)`` for an activation inside a node (a transformer block's
+    attention context or MLP units). ``row_axes``: a dense kernel whose leading axes together read the
+    input (an attention output projection ``(heads, head size, D)`` reads ``heads × head size``
+    features); its canonical matrix is the kernel with those axes flattened. ``per_token``: the rows of
+    the input are a sequence's positions, which a ``padding_mask`` input weights.
     """
 
     node: Node
@@ -51,13 +56,27 @@ class LinearView:
     padding: object = "valid"
     kernel_perm: tuple | None = None
     channels_first: bool = False
+    row_axes: tuple | None = None
+    per_token: bool = False
+
+    def _row_perm(self):
+        rows = tuple(self.row_axes)
+        return rows + tuple(a for a in range(len(self.kernel.shape)) if a not in rows)
 
     def canonical(self, kernel: np.ndarray) -> np.ndarray:
-        """The kernel in the canonical layout."""
+        """The kernel in the canonical layout (with ``row_axes``: those axes flattened into rows, the
+        others into columns)."""
+        if self.row_axes is not None:
+            perm = self._row_perm()
+            n = int(np.prod([kernel.shape[a] for a in self.row_axes]))
+            return np.transpose(kernel, perm).reshape(n, -1)
         return kernel if self.kernel_perm is None else np.transpose(kernel, self.kernel_perm)
 
     def native(self, kernel: np.ndarray) -> np.ndarray:
         """A canonical kernel back in the layer's own layout."""
+        if self.row_axes is not None:
+            perm = self._row_perm()
+            return np.transpose(kernel.reshape([self.kernel.shape[a] for a in perm]), np.argsort(perm))
         return kernel if self.kernel_perm is None else np.transpose(kernel, np.argsort(self.kernel_perm))
 
 
@@ -99,14 +118,20 @@ class ModelView:
         """``node`` as a :class:`LinearView`, or None when it is not a layer the algorithms can re-fit."""
         return None
 
+    def linears(self, node: Node) -> list:
+        """Every :class:`LinearView` of ``node``: the node itself, or the layers inside it (a transformer
+        block's attention output and MLP down projections, read through probes)."""
+        view = self.linear(node)
+        return [] if view is None else [view]
+
     def batchnorm(self, node: Node) -> BatchNormView | None:
         """``node`` as a :class:`BatchNormView`, or None when it is not a batch normalisation."""
         return None
 
     def run(self, inputs, keep=None, training: bool = False) -> dict:
         """``{graph tensor id: value}`` of the tensors in ``keep`` (all when None) for a batch of
-        ``inputs`` (one array per model input). ``training`` runs batch normalisations on the batch's
-        statistics."""
+        ``inputs`` (one array per model input); a probe in ``keep`` (see :class:`LinearView`) gets the
+        activation it names. ``training`` runs batch normalisations on the batch's statistics."""
         raise NotImplementedError
 
     def variable(self, key):

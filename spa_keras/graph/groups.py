@@ -98,6 +98,7 @@ class Analysis:
         self.n_classes = len(uniq)
         self.fixed_class = int(np.searchsorted(uniq, fixed_label))
         self._build_groups()
+        self._build_tie_sets()
 
     # ---- element / class helpers -------------------------------------------------------------
     def axis_elements(self, node: Node, param, axis: int) -> np.ndarray:
@@ -144,6 +145,43 @@ class Analysis:
                         seen.add(int(g))
                         self.groups[int(g)].nodes.append(node.name)
 
+    def _build_tie_sets(self):
+        """``tie_sets``: for each count tie of the graph, the ids of the groups that must lose equally many
+        classes. ``untied``: the count ties that cannot be kept by equal counts (a tensor held while another
+        is not, or tensors that are not each one whole group of one size): :func:`analyse` holds them."""
+        self.tie_sets, self.untied = [], []
+        for tensors in self.graph.count_ties:
+            gids, held, bad = [], False, False
+            for t in tensors:
+                cls = np.unique(self.class_of[self.layouts[t]])
+                cls = cls[cls != self.fixed_class]
+                g = np.unique(self.group_of_class[cls])
+                if not len(cls):
+                    held = True
+                elif len(g) == 1 and self.groups[int(g[0])].size == len(cls):
+                    gids.append(int(g[0]))
+                else:
+                    bad = True
+            gids = list(dict.fromkeys(gids))
+            if bad or (held and gids) or len({self.groups[g].size for g in gids}) > 1:
+                self.untied.append(tensors)
+            elif len(gids) > 1:
+                self.tie_sets.append(gids)
+        self.links = []  # (driver group, follower group, factor)
+        for driver, follower, factor in self.graph.count_links:
+            d, f = self._group_of(driver), self._group_of(follower)
+            if d is not None and f is not None:
+                self.links.append((d, f, factor))
+            elif d is not None or f is not None:
+                self.untied.append([driver, follower])  # one of them is held: hold both
+
+    def _group_of(self, tensor):
+        """The one group holding every prunable class of ``tensor`` (None when it has none)."""
+        cls = np.unique(self.class_of[self.layouts[tensor]])
+        cls = cls[cls != self.fixed_class]
+        g = np.unique(self.group_of_class[cls])
+        return int(g[0]) if len(g) == 1 else None
+
     def summary(self) -> str:
         lines = [f"{len(self.groups)} groups, {self.n_classes - 1} prunable channel classes"]
         for g in self.groups:
@@ -151,10 +189,11 @@ class Analysis:
         return "\n".join(lines)
 
 
-def analyse(graph: Graph, fixed_nodes=()) -> Analysis:
+def analyse(graph: Graph, fixed_nodes=(), held=()) -> Analysis:
     """Run the channel rules over ``graph`` and discover its groups.
 
-    ``fixed_nodes``: names of nodes whose output channels must all be kept (ignored layers).
+    ``fixed_nodes``: names of nodes whose output channels must all be kept (ignored layers). ``held``:
+    tensors whose channels are all kept (count ties that equal counts cannot honour).
     """
     ctx = Context()
     layouts: dict[int, np.ndarray] = {}
@@ -175,7 +214,7 @@ def analyse(graph: Graph, fixed_nodes=()) -> Analysis:
         if len(layouts[a]) != len(layouts[b]):
             raise GraphError(f"tied tensors {graph.tensors[a].name} and {graph.tensors[b].name} differ in width")
         ctx.union(layouts[a], layouts[b])
-    for t in graph.outputs:
+    for t in list(graph.outputs) + list(held):
         ctx.fix(layouts[t])
     # a parameter used by several nodes (a shared layer) unites what each use reads and writes
     first: dict = {}
@@ -190,4 +229,7 @@ def analyse(graph: Graph, fixed_nodes=()) -> Analysis:
                     first[k] = lay
     a, b = ctx.edges()
     label = connected_labels(ctx.next_id, a, b)
-    return Analysis(graph, layouts, ctx, label)
+    result = Analysis(graph, layouts, ctx, label)
+    if result.untied:
+        return analyse(graph, fixed_nodes, list(held) + [t for ts in result.untied for t in ts])
+    return result

@@ -107,7 +107,9 @@ class Node:
 
 class Graph:
     """Tensors and nodes in topological order, plus ties (tensors that must keep identical channels,
-    e.g. the same inner tensor of a nested model called twice) and the model's inputs and outputs."""
+    e.g. the same inner tensor of a nested model called twice), count ties (tensors that must keep the
+    same *number* of channels, e.g. the MLP width of every block of a model whose configuration has one
+    width for all) and the model's inputs and outputs."""
 
     def __init__(self, name: str = "model"):
         self.name = name
@@ -116,6 +118,8 @@ class Graph:
         self.inputs: list[int] = []
         self.outputs: list[int] = []
         self.ties: list[tuple[int, int]] = []
+        self.count_ties: list[list[int]] = []
+        self.count_links: list[tuple[int, int, int]] = []
 
     def add_tensor(self, name: str, shape: tuple, channels: int, channel_axis: int = -1) -> int:
         tid = len(self.tensors)
@@ -128,6 +132,17 @@ class Graph:
 
     def tie(self, a: int, b: int) -> None:
         self.ties.append((a, b))
+
+    def link_counts(self, driver: int, follower: int, factor: int) -> None:
+        """``follower`` keeps one channel class for every ``factor`` channels ``driver`` keeps (a block
+        whose head size is its hidden width divided by its heads: heads go with hidden width)."""
+        self.count_links.append((driver, follower, int(factor)))
+
+    def tie_counts(self, tensors) -> None:
+        """These tensors keep equal widths (which channels go may differ)."""
+        tensors = list(tensors)
+        if len(tensors) > 1:
+            self.count_ties.append(tensors)
 
     def params(self):
         """Every distinct parameter (shared parameters once), in node order."""

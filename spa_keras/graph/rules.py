@@ -71,10 +71,13 @@ def rule_fixed(node, ins, ctx, graph):
 
 
 def rule_linear(node, ins, ctx, graph):
-    """A producer: fresh output channels. With ``groups`` > 1, entry ``j`` of every input block and of
-    every output block is one unit, so that all groups keep the same width."""
+    """A producer: fresh output channels (held with ``attrs["hold_output"]``: its width is not its own to
+    change). With ``groups`` > 1, entry ``j`` of every input block and of every output block is one
+    unit, so that all groups keep the same width."""
     out_t = graph.tensors[node.outputs[0]]
     out = ctx.fresh(out_t.channels, node.name)
+    if node.attrs.get("hold_output"):
+        ctx.fix(out)
     g = int(node.attrs.get("groups", 1))
     if g > 1:
         for lay in (ins[0], out):
@@ -226,7 +229,42 @@ def rule_pick(node, ins, ctx, graph):
     return rule_identity(node, [ins[k]], ctx, graph)
 
 
+def rule_transformer(node, ins, ctx, graph):
+    """A transformer block (attention and MLP around a residual stream), described whole.
+
+    The stream passes through (the output carries the input's channels) unless ``attrs["stream"]`` is
+    ``"hold"``. The last four outputs are hidden tensors: query heads, key/value heads, the head size
+    (always held: the cache and the attention scale depend on it) and the MLP units (fresh unless
+    ``attrs["mlp"]`` is False). ``attrs["heads"]``: ``"mha"`` (a head's query, key and value go
+    together), ``"gqa"`` (``groups`` query heads share a key/value head: the unit is a query head's
+    slot within its group, taken from every group at once, so groups stay equal; key/value heads are
+    held) or ``"hold"``."""
+    x = ins[0]
+    real, (heads_t, kv_t, hd_t, mlp_t) = node.outputs[:-4], node.outputs[-4:]
+    width = lambda t: graph.tensors[t].channels  # noqa: E731
+    if node.attrs.get("stream") == "hold":
+        ctx.fix(x)
+        out = fixed_layout(len(x))
+    else:
+        out = x
+    mode = node.attrs.get("heads", "hold")
+    if mode == "mha":
+        heads = ctx.fresh(width(heads_t), graph.tensors[heads_t].name)
+        kv = heads
+    elif mode == "gqa":
+        m = int(node.attrs["groups"])
+        heads = np.tile(ctx.fresh(m, graph.tensors[heads_t].name), width(kv_t))
+        kv = fixed_layout(width(kv_t))
+    else:
+        heads, kv = fixed_layout(width(heads_t)), fixed_layout(width(kv_t))
+    mlp = ctx.fresh(width(mlp_t), graph.tensors[mlp_t].name) if node.attrs.get("mlp", True) else \
+        fixed_layout(width(mlp_t))
+    rest = [fixed_layout(width(t)) for t in real[1:]]
+    return [out] + rest + [heads, kv, fixed_layout(width(hd_t)), mlp]
+
+
 RULES = {
+    "transformer": rule_transformer,
     "shape": rule_input,  # reads only its input's shape (ONNX Shape): couples nothing
     "split": rule_split,
     "recurrent": rule_recurrent,

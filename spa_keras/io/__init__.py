@@ -47,7 +47,7 @@ def atomic_write(path: str, write, overwrite: bool = False, suffixes=None) -> st
     if suffixes and not path.endswith(tuple(suffixes)):
         raise InvalidArgumentError(f"{path!r}: the output must end in {' or '.join(suffixes)}")
     if os.path.exists(path) and not overwrite:
-        raise OutputExistsError(f"{path!r} exists; pass overwrite=True (--force) to replace it")
+        raise OutputExistsError(f"{path!r} exists; pass overwrite=True (--overwrite) to replace it")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".spa-", suffix=os.path.splitext(path)[1], dir=folder)
@@ -115,7 +115,7 @@ def _version_dir(base_dir: str, version) -> str:
         raise InvalidArgumentError(f"version must be a positive integer, got {version!r}")
     target = os.path.join(base_dir, str(int(version)))
     if os.path.exists(target):
-        raise InvalidArgumentError(f"{target!r} exists: TF Serving versions are never overwritten; pick another")
+        raise OutputExistsError(f"{target!r} exists: TF Serving versions are never overwritten; pick another")
     return target
 
 

@@ -26,7 +26,10 @@ def _erfc_handler(ctx, node, name, args):
 def keras_to_onnx(model, opset: int = 17):
     """An ``onnx.ModelProto`` of a Keras model (its inputs and outputs keep their names and shapes)."""
     import tensorflow as tf
-    import tf2onnx
+
+    from ..errors import require
+
+    tf2onnx = require("tf2onnx", why="converting a Keras model to ONNX")
 
     spec = [tf.TensorSpec(x.shape, x.dtype, name=x.name.split(":")[0]) for x in model.inputs]
 

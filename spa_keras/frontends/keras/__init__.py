@@ -8,6 +8,7 @@
   and the rest of the frontend interface the algorithms use.
 """
 
+from . import hub as _hub  # noqa: F401 - registers keras_hub's blocks (by name: keras_hub is not imported)
 from . import layers as _layers  # noqa: F401 - registers Keras' own layers
 from .graph import (
     KerasGraph,

@@ -18,6 +18,7 @@ from ...graph import STAT, Graph, Node, Param
 from ..base import ModelView
 from ..spec import Spec, check_finite, fixed
 from .ops import describe_op
+from .hub import hold_in_hub
 from .registry import Call, lookup
 
 def functional_of(model):
@@ -93,6 +94,7 @@ class KerasGraph(ModelView):
     def __init__(self, model, **options):
         self.model = model
         self.options = options
+        self.hub = type(model).__module__.startswith("keras_hub.")
         self.graph = Graph(model.name)
         self.variables: dict = {}
         self.specs: dict = {}
@@ -111,6 +113,30 @@ class KerasGraph(ModelView):
         for ids in self._seen_tensors.values():
             for other in ids[1:]:
                 self.graph.tie(ids[0], other)
+        self._tie_block_widths()
+
+    def _tie_block_widths(self):
+        """The blocks of one family (keras_hub's transformer blocks) keep equal hidden widths: their
+        model's configuration has one of each."""
+        by_family: dict = {}
+        for node in self.graph.nodes:
+            family = node.attrs.get("family")
+            if family is not None:
+                by_family.setdefault(family, []).append(node)
+        for nodes in by_family.values():
+            n = len(self.specs[nodes[0].name].hidden)
+            for i in range(1, n + 1):
+                self.graph.tie_counts([node.outputs[-i] for node in nodes])
+            for node in nodes:
+                if node.attrs.get("link"):  # heads follow the hidden width (hd channels a head)
+                    self.graph.link_counts(node.inputs[0], node.outputs[-4], node.attrs["link"])
+        if by_family:  # a layer of the model as wide as the stream is as wide as hidden_dim (BERT's pooler)
+            stream = next(iter(by_family.values()))[0].inputs[0]
+            width = self.graph.tensors[stream].channels
+            for node in self.graph.nodes:
+                if node.attrs.get("hold_output") and self.graph.tensors[node.outputs[0]].channels == width:
+                    node.attrs["hold_output"] = False
+                    self.graph.tie_counts([stream, node.outputs[0]])
 
     # ---- the frontend interface (spa_keras.frontends.base.ModelView) -------------------------------
     def weight(self, key) -> np.ndarray:
@@ -125,6 +151,11 @@ class KerasGraph(ModelView):
         from .view import linear
 
         return linear(self, node)
+
+    def linears(self, node):
+        from .view import linears
+
+        return linears(self, node)
 
     def batchnorm(self, node):
         from .view import batchnorm
@@ -197,6 +228,8 @@ class KerasGraph(ModelView):
                 spec = fixed(f"unknown layer class {type(op).__name__}: its channels are held fixed")
             else:
                 spec = handler(call)
+            if self.hub:
+                spec = hold_in_hub(op, spec)
         else:
             spec = describe_op(op, call)
         base = f"{prefix}{op.name}"
@@ -235,11 +268,12 @@ def param_name(spec: Spec, v) -> str:
     return v.name.split("/")[-1]
 
 
-def from_keras(model, prune_layer_norm: bool = False) -> KerasGraph:
+def from_keras(model, **options) -> KerasGraph:
     """Read a Keras model into the standard channel graph.
 
-    ``prune_layer_norm``: let channels through LayerNormalization (gamma and beta sliced). Exact only
-    up to LayerNorm's statistics, which change when channels go: fine-tune afterwards. Default: held.
+    ``options``: how the frontend reads what couples channels, from :data:`spa_keras.config.OPTIONS`:
+    ``residual_stream`` (by default held: a stream that normalisation layers read across keeps its
+    channels; ``"slice"`` or ``"rotate"`` let them go).
 
     >>> import keras, spa_keras.frontends.keras as fk
     >>> x = keras.Input((8, 8, 3)); y = keras.layers.Conv2D(4, 3)(x)
@@ -252,4 +286,4 @@ def from_keras(model, prune_layer_norm: bool = False) -> KerasGraph:
             f"expected a keras.Model, got {type(model).__name__}; load it first "
             "(keras.saving.load_model) or pass a path to spa.prune"
         )
-    return KerasGraph(model, prune_layer_norm=prune_layer_norm)
+    return KerasGraph(model, **options)

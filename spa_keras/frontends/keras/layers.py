@@ -166,6 +166,24 @@ def _embedding(call: Call) -> Spec:
     return Spec("linear", {"embeddings": ({1: OUT}, WEIGHT)}, {}, [], resize)
 
 
+if hasattr(L, "ReversibleEmbedding"):
+
+    @register(L.ReversibleEmbedding)
+    def _reversible_embedding(call: Call) -> Spec:
+        """An embedding that keras_hub also calls with ``reverse=True`` as the output head: the stream's
+        channels are then read, by the same matrix (tied) or by ``reverse_embeddings`` ``(D, V)``."""
+        layer = call.layer
+        reverse = bool(call.argument(1, "reverse"))
+        tied = bool(getattr(layer, "tie_weights", True))
+        if not reverse:
+            spec = _embedding(call)
+            if not tied:  # read only by the reverse call, sliced like the stream it reads
+                spec.params["reverse_embeddings"] = ({0: OUT}, STAT)
+            return spec
+        params = {"embeddings": ({1: IN}, WEIGHT)} if tied else {"reverse_embeddings": ({0: IN}, WEIGHT)}
+        return Spec("linear", params, {}, [(call.in_spatial, [IN, OUT])])
+
+
 # ---- channel-wise ops ----------------------------------------------------------------------------
 
 
@@ -194,15 +212,24 @@ def _norm_across_channels(call: Call) -> Spec:
     axes = getattr(layer, "axis", None)
     axes = list(axes) if isinstance(axes, (list, tuple)) else [axes]
     if (
-        call.options.get("prune_layer_norm")
+        call.options.get("residual_stream", "hold") != "hold"
         and isinstance(layer, L.LayerNormalization)
         and [a % rank for a in axes] == [rank - 1]
     ):
         params = {"gamma": ({0: OUT}, WEIGHT, "norm_scale"), "beta": ({0: OUT}, BIAS)}
-        return Spec("identity", params)
+        width = int(call.in_shapes[0][-1])
+
+        def resize(cfg, w):  # the mean square over D' channels is D/D' times larger: so is epsilon
+            cfg["epsilon"] = cfg["epsilon"] * width / max(w(OUT), 1)
+
+        def transform(name, value, w):  # and the scale grows by sqrt(D/D') (exact on a centred stream)
+            return value * np.sqrt(width / max(w(OUT), 1)).astype(value.dtype) if name == "gamma" else value
+
+        return Spec("identity", params, {"stream": "pass", "norm": "layer"}, resize=resize, transform=transform)
     return fixed(
         f"{type(call.layer).__name__} normalises across channels: removing one changes the others "
-        "(its stream is held fixed; prune_layer_norm=True prunes LayerNorm streams approximately)"
+        "(its stream is held fixed; residual_stream='slice' prunes LayerNorm streams approximately, 'rotate' "
+        "exactly up to the directions it drops)"
     )
 
 

@@ -58,8 +58,9 @@ REGISTRY_BY_NAME: dict[str, Callable[[Call], Spec]] = {}
 
 
 def register(*classes):
-    """Register a function ``fn(call) -> Spec`` for layer classes (or, for layers defined inside
-    ``keras.applications`` that Keras does not export, for class names)."""
+    """Register a function ``fn(call) -> Spec`` for layer classes, or for classes named by their module
+    path (``"keras_hub.src.models.llama.llama_decoder.LlamaTransformerDecoder"``: no import needed), or
+    by their bare name for layers that ``keras.applications`` defines without exporting them."""
 
     def deco(fn):
         for c in classes:
@@ -130,6 +131,9 @@ def register_layer(cls, kind: str = "identity", params: dict | None = None, conf
 def lookup(layer):
     """The registry entry for a layer (by its class or a base class), or None."""
     for cls in type(layer).__mro__:
+        by_name = REGISTRY_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")  # keras_hub's, by module path
+        if by_name is not None:
+            return by_name
         if cls in REGISTRY:
             return REGISTRY[cls]
     if type(layer).__module__.startswith("keras.src.applications"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 
 from ...errors import InvalidArgumentError
@@ -31,8 +33,38 @@ def run(kg, inputs, keep=None, training: bool = False) -> dict:
         tmap[id(x)] = v
         if keep is None or tid in keep:
             values[tid] = v
-    _run(fmodel, tmap, iter(kg.graph.nodes), values, keep, training)
+    probes = [k for k in keep or () if isinstance(k, tuple) and k[:1] == ("probe",)]
+    with _recording(kg, probes, values):
+        _run(fmodel, tmap, iter(kg.graph.nodes), values, keep, training)
     return values
+
+
+@contextlib.contextmanager
+def _recording(kg, probes, values):
+    """While the model runs, the layers that ``probes`` name (``("probe", node name, name)``: a sublayer
+    of a transformer block, see its ``attrs["probes"]``) record their first input in ``values``."""
+    patched = []
+    try:
+        for key in probes:
+            _, name, which = key
+            node = next(n for n in kg.graph.nodes if n.name == name)
+            layer = node.ref[0]
+            path = f"{layer.path}/{node.attrs['probes'][which][0]}"
+            sub = next((s for s in layer._flatten_layers(include_self=False) if s.path == path), None)
+            if sub is None:
+                raise InvalidArgumentError(f"{name}: no layer {path!r} inside it to read")
+            original = sub.call
+
+            def call(*args, _key=key, _call=original, **kwargs):
+                values[_key] = args[0]
+                return _call(*args, **kwargs)
+
+            sub.call = call
+            patched.append(sub)
+        yield
+    finally:
+        for sub in patched:
+            del sub.call  # the class's own call again
 
 
 def _run(fmodel, tmap, nodes, values, keep, training):

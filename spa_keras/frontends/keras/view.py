@@ -16,10 +16,11 @@ def input_specs(kg) -> list:
     return [InputSpec(x.name, tuple(x.shape[1:]), str(x.dtype)) for x in xs]
 
 
-def _param(node, short):
-    """The parameter of ``node`` whose weight is called ``short`` (``kernel``, ``bias``...)."""
+def _param(node, short, full: bool = False):
+    """The parameter of ``node`` whose weight is called ``short`` (``kernel``, ``bias``...), or whose
+    path ends with it (``full``: ``self_attention/attention_output/kernel``)."""
     for p in node.params:
-        if p.name.rsplit("/", 1)[-1] == short:
+        if (p.name.endswith("/" + short) if full else p.name.rsplit("/", 1)[-1] == short):
             return p
     return None
 
@@ -39,12 +40,13 @@ def linear(kg, node) -> LinearView | None:
     kernel, bias = _param(node, "kernel"), _param(node, "bias")
     if kernel is None:
         return None
+    per_token = len(kg.graph.tensors[node.inputs[0]].shape) == 2  # (positions, channels): a sequence
     if isinstance(op, L.Dense):
-        return LinearView(node, kernel, bias, "dense", node.inputs[0])
+        return LinearView(node, kernel, bias, "dense", node.inputs[0], per_token=per_token)
     if isinstance(op, L.EinsumDense) and len(kernel.shape) == 2:
         perm = None if kernel.axes[0].side == "in" else (1, 0)
         return LinearView(node, kernel, bias if bias is not None and bias.axes else None, "dense",
-                          node.inputs[0], kernel_perm=perm)
+                          node.inputs[0], kernel_perm=perm, per_token=per_token)
     if isinstance(op, (L.Conv1D, L.Conv2D, L.Conv3D)) and not isinstance(op, (L.Conv1DTranspose,
                                                                                L.Conv2DTranspose,
                                                                                L.Conv3DTranspose)):
@@ -54,6 +56,22 @@ def linear(kg, node) -> LinearView | None:
         return LinearView(node, kernel, bias, "conv", node.inputs[0], tuple(op.kernel_size), tuple(op.strides),
                           tuple(op.dilation_rate), _padding(op, rank))
     return None
+
+
+def linears(kg, node) -> list:
+    """A transformer block's attention output and MLP down projections (read through probes), or the
+    node itself."""
+    probes = node.attrs.get("probes")
+    if not probes:
+        view = linear(kg, node)
+        return [] if view is None else [view]
+    out = []
+    for name, (sub, axes) in probes.items():
+        kernel, bias = _param(node, f"{sub}/kernel", full=True), _param(node, f"{sub}/bias", full=True)
+        if kernel is not None:
+            out.append(LinearView(node, kernel, bias if bias is not None and bias.axes else None, "dense",
+                                  ("probe", node.name, name), row_axes=tuple(axes), per_token=True))
+    return out
 
 
 def batchnorm(kg, node) -> BatchNormView | None:
