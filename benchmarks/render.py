@@ -48,17 +48,78 @@ def any_time_table(data) -> str:
     return "\n".join(rows)
 
 
+def _reason(r) -> str:
+    """Why a row of the ONNX zoo did not pass, in one short line."""
+    if r.get("pending"):
+        return r.get("error", "pending")
+    if r.get("error"):
+        return f"{r.get('stage', '')}: {r['error']}".replace("|", "/").replace("\n", " ")[:160]
+    if not r.get("pruned"):
+        held = "; ".join(f"{h['reason']} ({h['ops']})" for h in r.get("held", [])[:2])
+        return f"prunes nothing: {held}"[:160]
+    if not r.get("oracle_passed"):
+        return f"oracle failed: max diff {r.get('oracle_max_abs_diff', float('nan')):.2g}"
+    if not r.get("keras_matches"):
+        return f"from_onnx: {r.get('keras_error') or 'max diff %.2g' % r.get('keras_max_abs_diff', float('nan'))}"[:160]
+    return ""
+
+
+def _status(r) -> str:
+    if not r.get("ok"):
+        return _reason(r)
+    return "ok, blind" if r.get("input_sensitivity", 1.0) < 1e-3 else "ok"
+
+
+def _latency(r, b) -> str:
+    lat = r.get("latency") or {}
+    o, s = (lat.get("original") or {}).get(b), (lat.get("slim") or {}).get(b)
+    return f"{o * 1e3:.0f} → {s * 1e3:.0f}" if o and s else "–"
+
+
 def onnx_table(data) -> str:
-    rows = ["| model | exporter | GMACs before → after | plan (s) | apply (s) | oracle (onnxruntime) | from_onnx matches |",
-            "|---|---|---|---|---|---|---|"]
+    """benchmarks/results/onnx_zoo.json: one row per torchvision model and exporter, the summary first,
+    then every failure with its reason."""
+    sm = data.get("summary", {})
+    lines = []
+    if sm:
+        r1, r8 = sm.get("median_latency_ratio_b1"), sm.get("median_latency_ratio_b8")
+        lines += [
+            f"**{sm['ok']} of {sm['files']}** model × exporter files prune with the oracle passing and `from_onnx` "
+            f"matching onnxruntime ({sm['models']} models, {sm.get('pending', 0)} not run yet, "
+            f"{sm.get('export_failed', 0)} not exported). Median MACs after / before: "
+            f"{sm['median_macs_ratio']:.3f}" if sm.get("median_macs_ratio") else
+            f"**{sm['ok']} of {sm['files']}** files pass",
+            "",
+            f"Median slim / original latency in onnxruntime: batch 1 "
+            f"{'%.3f' % r1 if r1 else '–'} ({sm.get('latency_measured_b1', 0)} files), batch 8 "
+            f"{'%.3f' % r8 if r8 else '–'} ({sm.get('latency_measured_b8', 0)} files).",
+            "",
+            f"Of the files that pass, {sm.get('ok_input_blind', 0)} have an output that barely depends on the input "
+            "(it moves by less than 1e-3 of its size, the checks' tolerance, between two inputs: activations vanish "
+            "in the untrained model), so the checks at the output cannot see a wrong channel there; they are marked "
+            "*blind* below"
+            + (f" ({sm['ok_input_unmeasured']} passing files were not measured for this)." if sm.get("ok_input_unmeasured")
+               else "."),
+            "",
+        ]
+    lines += ["| model | exporter | input | GMACs before → after | params (M) before → after | plan (s) | apply (s) "
+              "| oracle | from_onnx | latency b=1 (ms) | latency b=8 (ms) | status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["models"]:
-        if "error" in r:
-            rows.append(f"| {r['model']} | {r['exporter']} | error: {r['error'][:80]} | | | | |")
+        if "macs_before" not in r:
+            lines.append(f"| {r['model']} | {r['exporter']} | {r.get('size') or ''} | | | | | | | | | {_reason(r)} |")
             continue
-        rows.append(f"| {r['model']} | {r['exporter']} | {r['macs_before'] / 1e9:.2f} → {r['macs_after'] / 1e9:.2f} | "
-                    f"{r['plan_s']:.2f} | {r['apply_s']:.2f} | {'pass' if r['oracle_passed'] else 'FAIL'} | "
-                    f"{'yes' if r.get('keras_matches') else 'no: ' + r.get('keras_error', '')[:60]} |")
-    return "\n".join(rows)
+        oracle = "pass" if r.get("oracle_passed") else ("FAIL" if "oracle_passed" in r else "–")
+        keras = "yes" if r.get("keras_matches") else ("no" if "keras_matches" in r else "–")
+        lines.append(
+            f"| {r['model']} | {r['exporter']} | {r.get('size') or ''} | {r['macs_before'] / 1e9:.2f} → "
+            f"{r['macs_after'] / 1e9:.2f} | {r['params_before'] / 1e6:.1f} → {r['params_after'] / 1e6:.1f} | "
+            f"{r.get('plan_s', 0):.2f} | {r.get('apply_s', 0):.2f} | {oracle} | {keras} | {_latency(r, 'b1')} | "
+            f"{_latency(r, 'b8')} | {_status(r)} |")
+    failures = [r for r in data["models"] if not r.get("ok") and not r.get("pending")]
+    if failures:
+        lines += ["", "Failures:", ""] + [f"- {r['model']} ({r['exporter']}): {_reason(r)}" for r in failures]
+    return "\n".join(lines)
 
 
 def fuzz_table(data) -> str:

@@ -66,6 +66,37 @@ def reshape_rule(src, dst, axis: int):
     return None
 
 
+def _cumprod(dims):
+    out = [1]
+    for d in dims:
+        out.append(out[-1] * int(d))
+    return out
+
+
+def reshape_move(src, a, dst):
+    """How a row-major reshape from ``src`` to ``dst`` (full shapes, known dims) moves axis ``a``.
+
+    ``("keep", k, outer, inner)``: the channels land on output axis ``k``, merged with ``outer``
+    elements of the axes before them and ``inner`` after them (``outer == inner == 1``: the axis is
+    kept as it is). ``("split", ks, parts)``: the channel axis is split into output axes ``ks`` of sizes
+    ``parts``. ``None``: the channels are mixed with other axes in another way.
+    """
+    cs, cd = _cumprod(src), _cumprod(dst)
+    if cs[-1] != cd[-1]:
+        return None
+    lo, hi = cs[a], cs[a + 1]
+    common = set(cs) & set(cd)
+    b0 = max(x for x in common if x <= lo)
+    b1 = min(x for x in common if x >= hi)
+    seg_src = [i for i in range(len(src)) if src[i] != 1 and cs[i] >= b0 and cs[i + 1] <= b1]
+    seg_dst = [j for j in range(len(dst)) if dst[j] != 1 and cd[j] >= b0 and cd[j + 1] <= b1]
+    if len(seg_dst) == 1:
+        return ("keep", seg_dst[0], lo // b0, b1 // hi)
+    if seg_src == [a] and len(seg_dst) > 1 and seg_dst == list(range(seg_dst[0], seg_dst[-1] + 1)):
+        return ("split", seg_dst, [int(dst[j]) for j in seg_dst])
+    return None
+
+
 def check_finite(value, where: str, weight: str, fix: str) -> None:
     """Raise :class:`NonFiniteWeightsError` when a float ``value`` holds NaN or Inf, naming ``where``
     (the layer or node) and ``weight``; ``fix`` says what to do."""

@@ -180,6 +180,55 @@ def rule_attention(node, ins, ctx, graph):
     return [out] + rest + parts
 
 
+def rule_regroup(node, ins, ctx, graph):
+    """A reshape that merges the channel axis with ``attrs["outer"]`` elements of the axes before it
+    and ``attrs["inner"]`` after it (row-major): output channel ``(q*C + c)*inner + p`` carries input
+    channel ``c`` (heads merged back into features, the last reshape of a channel shuffle)."""
+    lay = ins[0]
+    outer, inner = int(node.attrs.get("outer", 1)), int(node.attrs.get("inner", 1))
+    out = np.tile(np.repeat(lay, inner), outer)
+    if len(out) != graph.tensors[node.outputs[0]].channels:
+        return rule_fixed(node, ins, ctx, graph)
+    return [out]
+
+
+def rule_unfold(node, ins, ctx, graph):
+    """A reshape that splits the channel axis into ``attrs["parts"]`` (row-major) and keeps part
+    ``attrs["keep"]`` as the channel axis: the input channels that share an index along that part are
+    one unit. Splitting features into (heads, head size) and keeping the heads removes whole heads;
+    splitting into (groups, channels per group) and keeping the second (a channel shuffle) removes
+    channel ``j`` of every group at once, so that the groups stay equal."""
+    lay = ins[0]
+    parts = [int(p) for p in node.attrs["parts"]]
+    keep = int(node.attrs["keep"])
+    if int(np.prod(parts)) != len(lay) or parts[keep] != graph.tensors[node.outputs[0]].channels:
+        return rule_fixed(node, ins, ctx, graph)
+    grid = np.moveaxis(lay.reshape(parts), keep, 0).reshape(parts[keep], -1)
+    ctx.union(grid[:, 1:], grid[:, :1])
+    return [grid[:, 0].copy()]
+
+
+def rule_slice(node, ins, ctx, graph):
+    """A slice of the channel axis (step 1): the output carries input channels ``attrs["start"]`` to
+    ``attrs["end"]``. Its first channel is held, so that pruning never empties the slice."""
+    lay = ins[0]
+    out = lay[int(node.attrs["start"]) : int(node.attrs["end"])]
+    if len(out) != graph.tensors[node.outputs[0]].channels or not len(out):
+        return rule_fixed(node, ins, ctx, graph)
+    ctx.fix(out[:1])
+    return [out]
+
+
+def rule_pick(node, ins, ctx, graph):
+    """The output carries the channels of input ``attrs["input"]`` (the rows of a matrix product);
+    every other input is held."""
+    k = int(node.attrs.get("input", 0))
+    for i, lay in enumerate(ins):
+        if i != k:
+            ctx.fix(lay)
+    return rule_identity(node, [ins[k]], ctx, graph)
+
+
 def rule_transformer(node, ins, ctx, graph):
     """A transformer block (attention and MLP around a residual stream), described whole.
 
@@ -228,4 +277,8 @@ RULES = {
     "merge": rule_merge,
     "concat": rule_concat,
     "flatten": rule_flatten,
+    "regroup": rule_regroup,
+    "unfold": rule_unfold,
+    "slice": rule_slice,
+    "pick": rule_pick,
 }

@@ -164,7 +164,7 @@ class _Converter:
         layer.set_weights(weights + ([b] if b is not None else []))
         self.set(node.output[0], y, NHWC)
 
-    def pads(self, node, x, kernel, value):
+    def pads(self, node, x, kernel, value, extra=(0, 0)):
         auto = attr(node, "auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         if auto in ("SAME_UPPER",):
@@ -174,6 +174,8 @@ class _Converter:
         if auto == "SAME_LOWER":
             raise UnsupportedModelError("auto_pad SAME_LOWER has no Keras equivalent")
         p = list(attr(node, "pads", [0, 0, 0, 0]))
+        p[2] += extra[0]
+        p[3] += extra[1]
         if any(p):
             (t, left, bot, right) = p
             if value == 0.0:
@@ -197,14 +199,31 @@ class _Converter:
 
     def pool(self, node, cls, value):
         x = self.nhwc(node.input[0])
+        k = tuple(attr(node, "kernel_shape"))
+        extra = (0, 0)
         if attr(node, "ceil_mode", 0):
-            raise UnsupportedModelError(f"{node.op_type} with ceil_mode=1 is not converted")
+            if node.op_type != "MaxPool":
+                raise UnsupportedModelError(f"{node.op_type} with ceil_mode=1 is not converted")
+            extra = self._ceil_pads(node, k)  # ceil mode = floor mode over -inf padding at the end
         if node.op_type == "AveragePool" and any(attr(node, "pads", [])) and not attr(node, "count_include_pad", 0):
             raise UnsupportedModelError("AveragePool with padding and count_include_pad=0 is not converted")
-        k = tuple(attr(node, "kernel_shape"))
-        x, padding = self.pads(node, x, k, value)
+        x, padding = self.pads(node, x, k, value, extra)
         y = cls(k, strides=tuple(attr(node, "strides", k)), padding=padding, name=self.layer_name(node))(x)
         self.set(node.output[0], y, NHWC)
+
+    def _ceil_pads(self, node, kernel):
+        """Padding to add at the bottom and right so that floor mode gives ceil mode's output size."""
+        src, dst = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+        if not src or not dst or None in src[2:] or None in dst[2:]:
+            raise UnsupportedModelError(f"{node.op_type} with ceil_mode=1 on a tensor of unknown size is not converted")
+        strides = list(attr(node, "strides", kernel))
+        dil = list(attr(node, "dilations", [1] * len(kernel)))
+        p = list(attr(node, "pads", [0] * 2 * len(kernel)))
+        extra = []
+        for i in range(2):
+            need = (dst[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1
+            extra.append(max(0, need - (src[2 + i] + p[i] + p[i + 2])))
+        return tuple(extra)
 
     @converts("MaxPool")
     def op_MaxPool(self, node):
@@ -320,11 +339,9 @@ class _Converter:
         x, layout = self.t[node.input[0]]
         self.set(node.output[0], fn(x, self.layer_name(node)), layout)
 
-    @converts("Identity")
+    @converts("Identity", "Dropout")
     def op_Identity(self, node):
         self.t[node.output[0]] = self.t[node.input[0]]
-
-    op_Dropout = op_Identity
 
     @converts("Cast")
     def op_Cast(self, node):
@@ -372,6 +389,110 @@ class _Converter:
         indices = list(np.cumsum(sizes)[:-1]) if sizes is not None else n
         for o, y in zip(node.output, self.k.ops.split(x, indices, axis=k_axis)):
             self.set(o, y, layout)
+
+    @converts("Slice")
+    def op_Slice(self, node):
+        rank = self.rank(node.input[0])
+        starts, ends = (np.ravel(self.const(n)) for n in node.input[1:3])
+        axes = np.ravel(self.const(node.input[3])) if len(node.input) > 3 and node.input[3] else range(len(starts))
+        steps = np.ravel(self.const(node.input[4])) if len(node.input) > 4 and node.input[4] else [1] * len(starts)
+        x, layout = self.t[node.input[0]]
+        nhwc = layout == NHWC and len(x.shape) == 4
+        where = {1: 3, 2: 1, 3: 2} if nhwc else {}
+        index = [slice(None)] * len(x.shape)
+        big = 2**62
+        for a, st, en, sp in zip(axes, starts, ends, steps):
+            a = int(a) % rank
+            if a == 0:
+                continue  # the batch axis: PyTorch's exports never slice it
+            st, en, sp = int(st), int(en), int(sp)
+            index[where.get(a, a)] = slice(st, None if abs(en) >= big else en, sp)
+        self.set(node.output[0], x[tuple(index)], layout)
+
+    @converts("ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare")
+    def op_Reduce(self, node):
+        """Reductions other than the mean (Swin V2's cosine attention normalises q and k by ReduceL2)."""
+        o = self.k.ops
+        axes = self.axes_of(node)
+        if axes is None and attr(node, "noop_with_empty_axes", 0):
+            self.t[node.output[0]] = self.t[node.input[0]]
+            return
+        keep = bool(attr(node, "keepdims", 1))
+        x = self.native(node.input[0])
+        axis = tuple(a % len(x.shape) for a in axes) if axes else None
+        fn = {
+            "ReduceSum": lambda v: o.sum(v, axis=axis, keepdims=keep),
+            "ReduceMax": lambda v: o.max(v, axis=axis, keepdims=keep),
+            "ReduceMin": lambda v: o.min(v, axis=axis, keepdims=keep),
+            "ReduceProd": lambda v: o.prod(v, axis=axis, keepdims=keep),
+            "ReduceL1": lambda v: o.sum(o.abs(v), axis=axis, keepdims=keep),
+            "ReduceL2": lambda v: o.sqrt(o.sum(o.square(v), axis=axis, keepdims=keep)),
+            "ReduceSumSquare": lambda v: o.sum(o.square(v), axis=axis, keepdims=keep),
+        }[node.op_type]
+        self.set(node.output[0], fn(x), NATIVE)
+
+    @converts("Expand")
+    def op_Expand(self, node):
+        target = list(self.shapes.get(node.output[0]) or [])
+        if not target or None in target[1:]:
+            raise UnsupportedModelError("Expand to a shape of unknown size is not converted")
+        x = self.native(node.input[0])
+        if x.shape[0] is None:  # the batch stays as it comes
+            target[0] = 1 if len(x.shape) == len(target) else target[0]
+            y = x * self.k.ops.ones(tuple(target), dtype=x.dtype)
+        else:
+            y = self.k.ops.broadcast_to(x, tuple(target))
+        self.set(node.output[0], y, NATIVE)
+
+    @converts("Where")
+    def op_Where(self, node):
+        c, a, b = (self.operand(x, NATIVE) for x in node.input)
+        self.set(node.output[0], self.k.ops.where(c, a, b), NATIVE)
+
+    @converts("Equal")
+    def op_Equal(self, node):
+        a, b = (self.operand(x, NATIVE) for x in node.input)
+        self.set(node.output[0], self.k.ops.equal(a, b), NATIVE)
+
+    @converts("Tile")
+    def op_Tile(self, node):
+        reps = [int(r) for r in self.const(node.input[1])]
+        self.set(node.output[0], self.k.ops.tile(self.native(node.input[0]), reps), NATIVE)
+
+    @converts("Einsum")
+    def op_Einsum(self, node):
+        eq = attr(node, "equation")
+        eq = (eq.decode() if isinstance(eq, bytes) else str(eq)).replace(" ", "")
+        upper = sorted({ch for ch in eq if ch.isupper()})  # Keras' einsum reads lower-case letters only
+        free = [ch for ch in "abcdefghijklmnopqrstuvwxyz" if ch not in eq]
+        eq = eq.translate(str.maketrans(dict(zip(upper, free))))
+        args = [self.operand(x, NATIVE) for x in node.input]
+        self.set(node.output[0], self.k.ops.einsum(eq, *args), NATIVE)
+
+    @converts("Pad")
+    def op_Pad(self, node):
+        mode = attr(node, "mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode not in ("constant", "reflect"):
+            raise UnsupportedModelError(f"Pad mode {mode!r} is not converted")
+        rank = self.rank(node.input[0])
+        pads = np.ravel(self.const(node.input[1])) if len(node.input) > 1 and node.input[1] else np.ravel(attr(node, "pads"))
+        value = float(np.ravel(self.const(node.input[2]))[0]) if len(node.input) > 2 and node.input[2] else 0.0
+        axes = [int(a) % rank for a in np.ravel(self.const(node.input[3]))] if len(node.input) > 3 and node.input[3] \
+            else list(range(rank))
+        x, layout = self.t[node.input[0]]
+        where = {1: 3, 2: 1, 3: 2} if layout == NHWC and len(x.shape) == 4 else {}
+        width = [[0, 0] for _ in range(len(x.shape))]
+        n = len(axes)
+        for i, a in enumerate(axes):
+            width[where.get(a, a)] = [int(pads[i]), int(pads[i + n])]
+        if not any(any(w) for w in width):
+            self.set(node.output[0], x, layout)
+            return
+        if width[0] != [0, 0]:
+            raise UnsupportedModelError("Pad of the batch axis is not converted")
+        y = self.k.ops.pad(x, width, mode=mode, constant_values=value if mode == "constant" else None)
+        self.set(node.output[0], y, layout)
 
     @converts("Reshape")
     def op_Reshape(self, node):

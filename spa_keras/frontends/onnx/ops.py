@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from ...graph import BIAS, IN, OUT, STAT, WEIGHT, AxisRef
-from ..spec import ELEMENTWISE, Spec, fixed, reshape_rule
+from ..spec import ELEMENTWISE, Spec, fixed, reshape_move, reshape_rule
 
 #: op type -> ``fn(call) -> (Spec, out_axes)``
 REGISTRY: dict[str, Callable] = {}
@@ -108,6 +108,10 @@ def _conv(c: OnnxCall):
     if w is None:
         return fixed("Conv with a computed kernel"), [1]
     g = int(c.attr("group", 1) or 1)
+    if g > 1 and (c.axis != 1 or c.channels(c.dyn[0]) == 0):
+        # conv-attention hybrids' position encodings: tokens reshaped into an image in a way that cannot
+        # be followed; the group count follows the input's channels, so the conv is held
+        return fixed("grouped Conv whose input channels cannot be followed"), [1]
     o, ig = w.shape[:2]
     cin = ig * g
     ks = int(np.prod(w.shape[2:]))
@@ -150,6 +154,8 @@ def _dense(c: OnnxCall):
     w_name = node.input[1]
     w = c.const(w_name)
     last = c.rank_in - 1
+    if op == "MatMul" and len(c.dyn) == 2:
+        return _matmul_computed(c)
     if w is None or w.ndim != 2 or len(c.dyn) != 1 or c.axis != last:
         return fixed(f"{op} between computed tensors (attention scores) or not on the feature axis"), [last]
     if op == "Gemm" and c.attr("transA", 0):
@@ -165,6 +171,77 @@ def _dense(c: OnnxCall):
             return fixed("Gemm with a 2-D bias"), [1]
     rank_out = len(c.shape_out or [c.rank_in])
     return Spec("linear", params, {}, [(c.spatial(node.output[0], axis=rank_out - 1), [IN, OUT])]), [last]
+
+
+def _matmul_computed(c: OnnxCall):
+    """The product of two computed tensors (attention scores, attention times values): the channel
+    axis is a batch axis of both (attention heads), the rows of the first or the columns of the
+    second; anything else is held. Its MACs are counted."""
+    a, b = c.dyn
+    og = c.reader
+    sa, sb, so = (c.shape(x) for x in (a, b, c.node.output[0]))
+    ra, rb, ro = len(sa), len(sb), len(so)
+    xa, xb = og.axis.get(a), og.axis.get(b)
+    if min(ra, rb) < 2 or not ro or None in so[1:] or sa[-1] is None:
+        return fixed("MatMul of tensors of unknown shape"), [None]
+    k = int(sa[-1])
+
+    def macs(out_axis):
+        n = k
+        for i, d in enumerate(so):
+            if i != out_axis and (i > 0 or out_axis == 0):
+                n *= int(d or 1)
+        return [(n, [OUT])]
+
+    if xa is not None and xb is not None and xa <= ra - 3 and ra - xa == rb - xb:
+        out = ro - (ra - xa)
+        return Spec("merge", macs=macs(out)), [out]
+    if xa == ra - 2 and xb != rb - 1:
+        return Spec("pick", attrs={"input": 0}, macs=macs(ro - 2)), [ro - 2]
+    if xb == rb - 1 and xa != ra - 2:
+        return Spec("pick", attrs={"input": 1}, macs=macs(ro - 1)), [ro - 1]
+    return fixed("MatMul of two computed tensors that contracts the channel axis", macs=macs(-1)[0][0]), [None]
+
+
+def einsum_terms(equation):
+    """``(["bhid", "bhjd"], "bhij")`` for an explicit einsum equation without ellipsis, else None."""
+    eq = (equation.decode() if isinstance(equation, bytes) else str(equation)).replace(" ", "")
+    if "->" not in eq or "." in eq:
+        return None
+    lhs, rhs = eq.split("->")
+    return lhs.split(","), rhs
+
+
+@register_op("Einsum")
+def _einsum(c: OnnxCall):
+    """An einsum of two computed tensors (MaxViT's attention ``bghid,bghjd->bghij``): like a MatMul of
+    computed tensors, the channel axis may be a letter both keep (heads), or a letter only one input
+    has that the output keeps; a contracted or mixed channel axis is held. Its MACs are counted."""
+    terms = einsum_terms(c.attr("equation", b""))
+    so = c.shape_out
+    if terms is None or len(c.dyn) != 2 or len(c.node.input) != 2 or not so or None in so[1:]:
+        return fixed("Einsum with an ellipsis, a constant operand or unknown shapes"), [None]
+    (ta, tb), rhs = terms
+    a, b = c.dyn
+    xa, xb = c.reader.axis.get(a), c.reader.axis.get(b)
+    sizes = {}
+    for term, name in ((ta, a), (tb, b)):
+        for letter, d in zip(term, c.shape(name)):
+            sizes[letter] = int(d or 1)
+    total = int(np.prod([sizes[k] for k in sizes if not (rhs and k == rhs[0])]))  # per sample
+    la = ta[xa] if xa is not None and xa < len(ta) else None
+    lb = tb[xb] if xb is not None and xb < len(tb) else None
+
+    def macs(letter):
+        return [(total / max(sizes[letter], 1), [OUT])]
+
+    if la is not None and la == lb and la in rhs and rhs.index(la) > 0:
+        return Spec("merge", macs=macs(la)), [rhs.index(la)]
+    if la is not None and la in rhs and la not in tb and rhs.index(la) > 0:
+        return Spec("pick", attrs={"input": 0}, macs=macs(la)), [rhs.index(la)]
+    if lb is not None and lb in rhs and lb not in ta and rhs.index(lb) > 0:
+        return Spec("pick", attrs={"input": 1}, macs=macs(lb)), [rhs.index(lb)]
+    return fixed("Einsum that contracts or mixes the channel axis", macs=total), [None]
 
 
 # ---- channel-wise ops ----------------------------------------------------------------------------
@@ -268,16 +345,56 @@ def _split(c: OnnxCall):
             proto.input[1] = backend.add_constant(f"{proto.input[1]}__{proto.name or 'split'}", sizes)
         elif attr(proto, "split") is not None:
             set_attr(proto, "split", [int(s) for s in sizes])
+        else:  # opset 18's num_outputs splits evenly: the kept widths may differ, so they are written out
+            for a in [a for a in proto.attribute if a.name == "num_outputs"]:
+                proto.attribute.remove(a)
+            name = backend.add_constant(f"{proto.name or 'split'}__sizes", sizes)
+            if len(proto.input) > 1:
+                proto.input[1] = name
+            else:
+                proto.input.append(name)
 
     return Spec("split", resize=fix), outs
 
 
 @register_op("Slice")
 def _slice(c: OnnxCall):
-    node, rank = c.node, c.rank_in
-    axes = c.const(node.input[3]) if len(node.input) > 3 else None
-    axes = list(range(rank)) if axes is None else [int(a) % rank for a in np.ravel(axes)]
-    return (fixed("Slice along the channel axis") if c.axis in axes else Spec("identity")), c.same
+    """A Slice of the channel axis with constant bounds and step 1 carries a contiguous range of the
+    input's channels on; the backend moves the bounds to the kept channels. Other slices keep it."""
+    og, node = c.reader, c.node
+    rank = c.rank_in
+    starts, ends = _const_ints(og, node, 1), _const_ints(og, node, 2)
+    axes = _const_ints(og, node, 3)
+    if axes is None and len(node.input) > 3 and node.input[3]:
+        return fixed("Slice with computed axes"), c.same
+    axes = list(range(rank if starts is None else len(starts))) if axes is None else [a % rank for a in axes]
+    if c.axis not in axes:
+        return Spec("identity"), c.same
+    if starts is None or ends is None:
+        return fixed("Slice of the channel axis with computed bounds"), c.same
+    steps = _const_ints(og, node, 4) or [1] * len(axes)
+    i = axes.index(c.axis)
+    if steps[i] != 1:
+        return fixed("Slice of the channel axis with a step"), c.same
+    n = c.shape(c.dyn[0])[c.axis]
+    start, end = starts[i], ends[i]
+    start = max(0, min(n, start + n if start < 0 else start))
+    end = max(0, min(n, end + n if end < 0 else end))
+    if end <= start:
+        return fixed("an empty Slice of the channel axis"), c.same
+    names = (node.input[1], node.input[2])
+
+    def fix(proto, w_, backend):
+        kept = backend.kept(IN)
+        new_start, new_end = int(kept[:start].sum()), int(kept[:end].sum())
+        for slot, name, old, new in ((1, names[0], start, new_start), (2, names[1], end, new_end)):
+            if old == new:
+                continue
+            value = backend.array(name).copy()
+            value[i] = new
+            proto.input[slot] = backend.add_constant(f"{name}__{proto.name or 'slice'}", value)
+
+    return Spec("slice", attrs={"start": start, "end": end}, resize=fix), c.same
 
 
 @register_op("Pad")
@@ -332,30 +449,138 @@ def _flatten(c: OnnxCall):
     return _flat(c, src, dst)
 
 
-def _shape_fix(arrays, shape_name):
-    """``resize(index, old)``: the fix-up that rewrites the explicit ``old`` width at ``index`` of a
-    Reshape's shape constant (a -1 or 0 there needs nothing); each node gets its own copy of it."""
-
-    def at(index, old):
-        def fix(proto, w_, backend):
-            shape = arrays.get(shape_name)
-            if shape is None or index >= len(shape) or shape[index] != old:
-                return
-            new = np.array(shape, copy=True)
-            new[index] = w_(OUT)
-            proto.input[1] = backend.add_constant(f"{shape_name}__{proto.name or 'reshape'}", new)
-
-        return fix
-
-    return at
-
-
 @register_op("Reshape")
 def _reshape(c: OnnxCall):
-    src, dst = c.shape(c.dyn[0]), c.shape_out
-    if c.axis is None or None in src[1:] or None in dst[1:] or not dst:
+    """A Reshape whose channel axis survives (kept, merged with neighbouring axes, or split into parts
+    of which one carries the channels on: whole attention heads, or channel ``j`` of every group of a
+    channel shuffle): exact, with the shape constant rewritten."""
+    node, og = c.node, c.reader
+    src, dst = list(c.shape(c.dyn[0])), list(c.shape_out)
+    if c.axis is None or not src or not dst:
         return fixed("Reshape of a tensor with unknown dimensions"), [None]
-    return _flat(c, src, dst, _shape_fix(c.reader.arrays, c.node.input[1]))
+    if src[0] is None and dst[0] is None:
+        src, dst = [1] + src[1:], [1] + dst[1:]
+    if None in src or None in dst:
+        return fixed("Reshape of a tensor with unknown dimensions"), [None]
+    if src[c.axis] == 1:
+        return fixed("Reshape of a tensor with one channel"), [None]
+    shape = c.const(node.input[1])
+    if shape is None:
+        return fixed("Reshape with a computed shape that follows the channel axis"), [None]
+    shape = np.ravel(shape)
+    move = reshape_move(src, c.axis, dst)
+    if move is None:
+        return fixed(f"Reshape {src[1:]} -> {dst[1:]} mixes the channel axis with other axes"), [None]
+    if move[0] == "keep":
+        _, pos, outer, inner = move
+        spec = Spec("identity") if outer == inner == 1 else Spec("regroup", attrs={"outer": outer, "inner": inner})
+    else:
+        _, ks, parts = move
+        keep = len(parts) - 2  # (heads, head size), (q|k|v, heads, head size): whole heads
+        users = consumers(og, node.output[0])
+        if len(parts) == 2 and len(users) == 1 and _is_swap(users[0], ks[0], ks[1]):
+            keep = 1  # a channel shuffle: (groups, channels per group) swapped, channel j of every group goes
+        elif len(parts) == 2 and _selects(og, node.output[0], ks[0]):
+            keep = 1  # (q|k|v, features): the first part is taken apart, the features go on
+        pos = ks[keep]
+        spec = Spec("unfold", attrs={"parts": parts, "keep": keep})
+    zero_at = [i for i, s in enumerate(shape) if s == 0]
+    if any(i != pos and i == c.axis for i in zero_at) or (pos in zero_at and pos != c.axis):
+        return fixed("Reshape that copies the channel width with a 0 in its shape"), [None]
+    spec.resize = _shape_entry_fix(node.input[1], pos)
+    return spec, [pos]
+
+
+def consumers(reader, name) -> list:
+    """The nodes (protos) that read tensor ``name``."""
+    table = getattr(reader, "_consumer_protos", None)
+    if table is None:
+        table = {}
+        for n in reader.model.graph.node:
+            for x in n.input:
+                table.setdefault(x, []).append(n)
+        reader._consumer_protos = table
+    return table.get(name, [])
+
+
+def _is_swap(node, i, j) -> bool:
+    if node.op_type != "Transpose":
+        return False
+    perm = list(attr(node, "perm") or [])
+    want = list(range(len(perm)))
+    if max(i, j) >= len(perm):
+        return False
+    want[i], want[j] = want[j], want[i]
+    return perm == want
+
+
+def _selects(og, name, axis, depth=6) -> bool:
+    """Whether axis ``axis`` of tensor ``name`` is taken apart (Gather, Split, Slice along it) after
+    ops that only move axes (Unsqueeze, Squeeze, Transpose)."""
+    if depth == 0:
+        return False
+    rank = len(og.shapes.get(name) or [])
+    for user in consumers(og, name):
+        op = user.op_type
+        if op in ("Gather", "Split", "Slice"):
+            if op == "Slice":
+                axes = _const_ints(og, user, 3)
+                hit = axes is None or axis in [a % rank for a in axes]
+            else:
+                hit = int(attr(user, "axis", 0)) % rank == axis
+            if hit:
+                return True
+            continue
+        if op == "Transpose":
+            perm = list(attr(user, "perm") or reversed(range(rank)))
+            new = perm.index(axis)
+        elif op in ("Unsqueeze", "Squeeze"):
+            axes = attr(user, "axes")
+            axes = _const_ints(og, user, 1) if axes is None else list(axes)
+            if axes is None:
+                continue
+            if op == "Unsqueeze":
+                out_rank = rank + len(axes)
+                new = axis
+                for a in sorted(a % out_rank for a in axes):
+                    if a <= new:
+                        new += 1
+            else:
+                axes = [a % rank for a in axes]
+                if axis in axes:
+                    continue
+                new = axis - sum(a < axis for a in axes)
+        else:
+            continue
+        if _selects(og, user.output[0], new, depth - 1):
+            return True
+    return False
+
+
+def _shape_entry_fix(shape_name, position):
+    """Write the tensor's new width at ``position`` of a Reshape's shape constant (each node its own
+    copy of the constant); a -1 there needs nothing."""
+
+    def fix(proto, w_, backend):
+        shape = backend.array(shape_name)
+        if shape[position] == -1:
+            return
+        new = shape.copy()
+        new[position] = w_(OUT)
+        if np.array_equal(new, shape):
+            return
+        proto.input[1] = backend.add_constant(f"{shape_name}__{proto.name or 'reshape'}", new.astype(shape.dtype))
+
+    return fix
+
+
+def _const_ints(og, node, i):
+    if len(node.input) <= i or not node.input[i]:
+        return None
+    v = og.arrays.get(node.input[i])
+    return None if v is None else [int(x) for x in np.ravel(v)]
+
+
 
 
 @register_op("Transpose")
