@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import os
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -18,13 +18,14 @@ held-out test windows for
 
 Writes benchmarks/results/transformers.json (``--quick``: transformers_quick.json) and prints a table.
 
-    python benchmarks/transformers.py                    # everything (about 25-35 min on 2 busy cores)
-    python benchmarks/transformers.py --quick            # smoke run: tiny training, few rows
+    python benchmarks/transformers.py                    # everything: 2 x --train-seconds of training (300 s
+                                                         # default) plus about 9 min of evaluation on 2 busy cores
+    python benchmarks/transformers.py --quick            # smoke run (3-4 min): 10 training steps, few rows
     python benchmarks/transformers.py --only llama --parts spa    # re-run only the spa_keras rows
     python benchmarks/transformers.py --retrain --train-seconds 300
 
 From Python, ``spa_rows(family)`` re-runs only the spa_keras rows of one model (loading the cached model)
-and ``run_spa(lm, calib, data, dense_ppl, method, setting, **kwargs)`` runs a single call.
+and ``run_spa(lm, calib, test, dense_ppl, method, setting, **spa_prune_kwargs)`` runs a single call.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # for lm_data (also when imported from elsewhere)
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 import lm_data  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -125,7 +127,7 @@ class _Schedule(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def train(family, data, seconds=300.0, steps=None, batch_size=16, lr=2e-3, seed=0):
+def train(family, data, seconds=300.0, steps=None, batch_size=16, lr=3e-3, seed=0):
     """A freshly trained LM and a description of the run. Training stops after ``seconds`` (wall time,
     including the first trace) or ``steps``, whichever comes first; the learning rate follows
     :class:`_Schedule`. Loss: next-byte cross-entropy weighted by the padding mask."""
@@ -154,7 +156,7 @@ def cache_paths(family, data, quick):
     return os.path.join(CACHE, name + ".keras"), os.path.join(CACHE, name + ".json")
 
 
-def trained(family, data, seconds, steps=None, retrain=False, quick=False, batch_size=16):
+def trained(family, data, seconds, steps=None, retrain=False, quick=False, batch_size=16, lr=3e-3):
     """``(lm, training info)``: the cached model when there is one (unless ``retrain``), else a new one."""
     path, meta = cache_paths(family, data, quick)
     if os.path.exists(path) and os.path.exists(meta) and not retrain:
@@ -165,7 +167,7 @@ def trained(family, data, seconds, steps=None, retrain=False, quick=False, batch
         log(f"{family}: loaded {path}")
         return lm, info
     log(f"{family}: training for {seconds} s{f' or {steps} steps' if steps else ''} ...")
-    lm, info = train(family, data, seconds, steps, batch_size=batch_size)
+    lm, info = train(family, data, seconds, steps, batch_size=batch_size, lr=lr)
     os.makedirs(CACHE, exist_ok=True)
     tmp = path + ".tmp.keras"
     lm.save(tmp)
@@ -206,7 +208,7 @@ def perplexity(model, windows, batch_size=64):
     ids, mask = np.asarray(x["token_ids"], "int32"), np.asarray(x["padding_mask"], "int32")
     y = np.asarray(y, "int32")
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def step(ids, mask, y):
         logits = model({"token_ids": ids, "padding_mask": mask}, training=False)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=tf.cast(logits, tf.float32))
@@ -675,6 +677,8 @@ def main(argv=None):
     ap.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
     ap.add_argument("--train-seconds", type=float, default=300.0, help="training budget per model (wall seconds)")
     ap.add_argument("--train-steps", type=int, default=None, help="also stop after this many steps")
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (Adam)")
+    ap.add_argument("--batch-size", type=int, default=16, help="training batch (sequences of 128 bytes)")
     ap.add_argument("--only", choices=sorted(CONFIGS), default=None, help="one model only")
     ap.add_argument("--parts", default="baselines,spa", help="comma-separated: baselines, spa (dense always runs)")
     ap.add_argument("--corpus", choices=lm_data.CORPORA, default="pydoc")
@@ -708,7 +712,7 @@ def main(argv=None):
                       numpy=np.__version__))
     results.setdefault("models", {})
     try:
-        import spa_keras
+        import spa_keras  # noqa: F401 - which copy is used is recorded
 
         results["versions"]["spa_keras"] = getattr(spa_keras, "__version__", "?")
         results["spa_keras_path"] = os.path.dirname(spa_keras.__file__)
@@ -718,7 +722,7 @@ def main(argv=None):
 
     for fam in ([args.only] if args.only else list(CONFIGS)):
         lm, tinfo = trained(fam, data, seconds, steps, retrain=args.retrain, quick=args.quick,
-                            batch_size=8 if args.quick else 16)
+                            batch_size=8 if args.quick else args.batch_size, lr=args.lr)
         entry = results["models"].get(fam, {})
         entry.update(config=CONFIGS[fam], classes=[c.__name__ for c in CLASSES[fam]], params=int(lm.count_params()),
                      training=tinfo)
@@ -735,7 +739,7 @@ def main(argv=None):
             entry["baselines"] = baseline_rows(lm, calib, test, dense_ppl,
                                                pca_removed=(0.5,) if args.quick else (0.25, 0.5),
                                                mlp_fractions=(0.56,) if args.quick else (0.25, 0.56),
-                                               generate=generate)
+                                               generate=generate and not args.quick)
             entry["baselines_seconds"] = round(time.perf_counter() - t0, 1)
             write_json(results, out_path)
         if "spa" in parts:
