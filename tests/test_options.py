@@ -211,3 +211,13 @@ def test_on_a_terminal_the_table_starts_on_a_clean_line():
 def test_the_options_page_is_made_from_the_options():
     with open(os.path.join(ROOT, "docs", "options.md")) as f:
         assert f.read() == config.options_page(), "run: python -m spa_keras.config > docs/options.md"
+
+
+def test_spa_keras_works_without_keras_hub():
+    code = ("import sys; sys.modules['keras_hub'] = None; import keras, spa_keras as spa; "  # as if not installed
+            "m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(2)]); "
+            "print(spa.prune(m, ratio=0.5).count_params())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == str(8 * 8 + 8 + 8 * 2 + 2)
