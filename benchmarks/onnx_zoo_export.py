@@ -8,7 +8,7 @@ time, so that a crash loses one model only.
     python benchmarks/onnx_zoo_export.py resnet18 --out DIR [--exporters torchscript,dynamo]
 
 For each model and exporter it writes ``DIR/<model>.<exporter>.onnx`` (skipped when it exists) and
-``DIR/<model>.<exporter>.json``: ``status`` ("ok", "failed" or "skipped"), ``reason``, the input
+``DIR/<model>.<exporter>.json``: ``status`` ("ok" or "failed"), ``reason``, the input
 size, the export time, and the largest difference between onnxruntime-free torch outputs and the
 ONNX file is left to the benchmark (``DIR/<model>.io.npz`` holds the input and torch's output).
 Models are built with ``weights=None`` (nothing is downloaded) after ``torch.manual_seed(0)``.
@@ -22,7 +22,7 @@ import os
 import time
 import traceback
 
-PROTOBUF_LIMIT = 2 * 1024**3  # one ONNX file without external data holds at most 2 GiB
+PROTOBUF_LIMIT = 2 * 1024**3  # one ONNX file without external data holds at most 2 GiB: beyond, a .data file
 
 
 def input_size(name, model, torchvision):
@@ -45,21 +45,39 @@ def _write_json(path, data):
     os.replace(tmp, path)
 
 
-def export_one(name, exporter, model, x, path):
+def export_one(name, exporter, model, x, path, large=False):
+    """Export to ``path``; a model over protobuf's 2 GiB (``large``) keeps its weights in one file beside
+    it, ``<model>.<exporter>.onnx.data`` (the exporters write them to a scratch folder, file by tensor
+    for TorchScript, and they are gathered there)."""
+    import shutil
+    import tempfile
+
     import onnx
     import torch
 
     t0 = time.perf_counter()
-    tmp = f"{path}.{os.getpid()}.tmp.onnx"
-    if exporter == "torchscript":
-        torch.onnx.export(model, (x,), tmp, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
-    else:
-        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["x"], output_names=["y"],
-                                    external_data=False)
-        program.save(tmp, external_data=False)
-    seconds = time.perf_counter() - t0
-    onnx.checker.check_model(tmp)
-    os.replace(tmp, path)
+    scratch = tempfile.mkdtemp(prefix=f"{name}.{exporter}.", dir=os.path.dirname(path)) if large else None
+    tmp = os.path.join(scratch, "model.onnx") if large else f"{path}.{os.getpid()}.tmp.onnx"
+    try:
+        if exporter == "torchscript":
+            torch.onnx.export(model, (x,), tmp, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+        else:
+            program = torch.onnx.export(model, (x,), dynamo=True, input_names=["x"], output_names=["y"],
+                                        external_data=large)
+            program.save(tmp, external_data=large)
+        seconds = time.perf_counter() - t0
+        if large:  # one data file named after the final file, written beside it
+            proto = onnx.load(tmp)
+            final = f"{path}.{os.getpid()}.tmp.onnx"
+            onnx.save(proto, final, save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=os.path.basename(path) + ".data", size_threshold=1024 * 1024)
+            del proto
+            tmp = final
+        onnx.checker.check_model(tmp)
+        os.replace(tmp, path)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     return seconds
 
 
@@ -101,18 +119,17 @@ def main(argv=None):
             path = os.path.join(args.out, f"{name}.{exporter}.onnx")
             meta = dict(model=name, exporter=exporter, size=size, params=n_params, torch=torch.__version__,
                         torchvision=torchvision.__version__)
-            if n_params * 4 >= PROTOBUF_LIMIT:
-                meta.update(status="skipped", reason=f"{n_params * 4 / 1024**3:.1f} GiB of float32 weights: over "
-                            "the 2 GiB an ONNX file holds without external data (not handled)")
-            else:
-                try:
-                    meta.update(status="ok", export_s=export_one(name, exporter, model, x, path))
-                except Exception as e:  # noqa: BLE001 - a failure is a result
-                    last = traceback.format_exception_only(type(e), e)[-1].strip()
-                    meta.update(status="failed", reason=last[:2000])
-                    for p in (f"{path}.{os.getpid()}.tmp.onnx", f"{path}.{os.getpid()}.tmp.onnx.data"):
-                        if os.path.exists(p):
-                            os.remove(p)
+            large = n_params * 4 >= PROTOBUF_LIMIT
+            if large:
+                meta["external_data"] = os.path.basename(path) + ".data"
+            try:
+                meta.update(status="ok", export_s=export_one(name, exporter, model, x, path, large))
+            except Exception as e:  # noqa: BLE001 - a failure is a result
+                last = traceback.format_exception_only(type(e), e)[-1].strip()
+                meta.update(status="failed", reason=last[:2000])
+                for p in (f"{path}.{os.getpid()}.tmp.onnx", f"{path}.{os.getpid()}.tmp.onnx.data") + (f"{path}.data",) * large:
+                    if os.path.exists(p):
+                        os.remove(p)
             _write_json(os.path.join(args.out, f"{name}.{exporter}.json"), meta)
             print(json.dumps(meta), flush=True)
         del model

@@ -61,10 +61,11 @@ def _runner(model, batch_size, input_data):
     """``(call, batch_size)``: a function running ``model`` once on a fixed batch."""
     rng = np.random.default_rng(0)
     if type(model).__module__.startswith("onnx"):
-        import onnxruntime as ort
         from onnx import helper
 
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        from .frontends.onnx.runtime import session as ort_session
+
+        session = ort_session(model)
         feeds = {}
         for i in session.get_inputs():
             dims = [d if isinstance(d, int) else None for d in i.shape]

@@ -334,3 +334,27 @@ def test_from_onnx_converts_reductions_where_tile_expand_dropout():
     model = make(nodes, inits, [vin("x", 1, 4, 6)], [vin("y", 1, 4)], opset=18)
     x = RNG.standard_normal((1, 4, 6)).astype("float32")
     np.testing.assert_allclose(np.asarray(spa.from_onnx(model)(x)), run_onnx(model, x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_models_over_the_protobuf_limit_run_prune_and_save_with_external_weights(monkeypatch, tmp_path):
+    """ViT-H/14 and RegNetY-128GF hold more than the 2 GiB a serialised ModelProto can: their large
+    initializers go to onnxruntime as OrtValues and to disk in one ``.data`` file beside the model.
+    Exercised here with the limits lowered to a few kilobytes."""
+    from spa_keras.frontends.onnx import runtime
+
+    n1, i1, a = conv_bn_relu("x", "c1", 3, 16)
+    n2, i2, out = conv_bn_relu(a, "c2", 16, 8, relu=False)
+    model = make(n1 + n2, i1 + i2, [vin("x", 1, 3, 8, 8)], [vin(out, 1, 8, 8, 8)])
+    x = RNG.standard_normal((1, 3, 8, 8)).astype("float32")
+    want = run_onnx(model, x)[0]
+    monkeypatch.setattr(runtime, "INLINE_LIMIT", 1024)
+    monkeypatch.setattr(runtime, "LARGE_TENSOR", 256)
+    s = runtime.session(model)
+    assert s._spa_keras_values, "the large weights did not go in as OrtValues"
+    np.testing.assert_allclose(s.run(None, {"x": x})[0], want, rtol=1e-6)
+    path = tmp_path / "big.onnx"
+    slim = spa.prune(model, ratio=0.5, output=path)  # runs beside the oracle before writing
+    assert (tmp_path / "big.onnx.data").exists() and all(i.HasField("raw_data") for i in slim.graph.initializer
+                                                         if int(np.prod(i.dims)) > 64)
+    back = onnx.load(str(path))  # the external data is read back from beside the file
+    np.testing.assert_allclose(run_onnx(back, x)[0], run_onnx(slim, x)[0], rtol=1e-6)

@@ -12,6 +12,7 @@ from onnx import numpy_helper, shape_inference
 from ..errors import RebuildError
 from ..frontends.onnx import OnnxGraph
 from ..frontends.onnx.graph import skeleton
+from ..frontends.onnx.runtime import session as ort_session
 from ..plan import PruningPlan
 from .oracle import compare
 
@@ -147,7 +148,7 @@ def _session(model, optimize: bool = True):
     options.log_severity_level = 3
     if not optimize:  # nodes keep their own names in error messages (no fusion)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort_session(model, options)
 
 
 def verify_before_writing(og: OnnxGraph, plan: PruningPlan, pruned: onnx.ModelProto, rtol: float = 1e-3) -> dict:
@@ -198,9 +199,7 @@ def zeroed_onnx_copy(og: OnnxGraph, plan: PruningPlan) -> onnx.ModelProto:
 
 def run_onnx(model: onnx.ModelProto, inputs) -> list:
     """Outputs of ``model`` in onnxruntime for ``inputs`` (an array, a list, or a dict by input name)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort_session(model)
     names = [i.name for i in session.get_inputs()]
     if not isinstance(inputs, dict):
         inputs = dict(zip(names, inputs if isinstance(inputs, (list, tuple)) else [inputs]))

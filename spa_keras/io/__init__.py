@@ -70,10 +70,12 @@ def save_model(model, path: str, overwrite: bool = False) -> str:
 
 
 def save_onnx(model, path: str, overwrite: bool = False) -> str:
-    """Write an ``onnx.ModelProto`` to ``path`` atomically (see :func:`atomic_write`)."""
-    import onnx
+    """Write an ``onnx.ModelProto`` to ``path`` atomically (see :func:`atomic_write`); a model over
+    protobuf's 2 GiB keeps its large weights in ``<name>.data`` beside it (written in place)."""
+    from ..frontends.onnx.runtime import save
 
-    return atomic_write(os.fspath(path), lambda tmp: onnx.save(model, tmp), overwrite, (".onnx",))
+    path = os.fspath(path)
+    return atomic_write(path, lambda tmp: save(model, tmp, os.path.basename(path) + ".data"), overwrite, (".onnx",))
 
 
 def from_onnx(path_or_model, channels_last_inputs: bool = False):

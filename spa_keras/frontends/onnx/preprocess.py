@@ -155,13 +155,12 @@ def runtime_shapes(model: onnx.ModelProto, shapes: dict, graph) -> dict:
     try:
         import onnxruntime as ort
 
-        probe = copy_model(model)
-        known = {o.name for o in probe.graph.output}
-        probe.graph.output.extend(onnx.helper.make_tensor_value_info(o, types[o], None) for o in missing if o not in known)
+        from .runtime import session as ort_session
+
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = ort_session(model, options, [onnx.helper.make_tensor_value_info(o, types[o], None) for o in missing])
         rng = np.random.default_rng(0)
         feeds = {}
         for vi in inputs:

@@ -93,18 +93,12 @@ class Runner:
         self.batch = batch[0] if batch and batch[0] else None
 
     def _session(self, outputs: tuple):
-        import onnxruntime as ort
+        from .runtime import session
 
         if outputs not in self.sessions:
-            model = onnx.ModelProto()
-            model.CopyFrom(self.og.model)
-            known = {o.name for o in model.graph.output}
-            for name in outputs:
-                if name not in known:
-                    model.graph.output.append(self.og.value_info.get(name) or onnx.helper.make_tensor_value_info(
-                        name, onnx.TensorProto.FLOAT, None))
-            self.sessions[outputs] = ort.InferenceSession(model.SerializeToString(),
-                                                          providers=["CPUExecutionProvider"])
+            extra = [self.og.value_info.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                     for name in outputs]
+            self.sessions[outputs] = session(self.og.model, outputs=extra)
         return self.sessions[outputs]
 
     def __call__(self, inputs, keep=None, training: bool = False) -> dict:
