@@ -23,7 +23,7 @@ L = keras.layers
 _TRANSPOSE = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
 _DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
 _SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
-_FOLDABLE = (L.Conv1D, L.Conv2D, L.Conv3D, L.Dense) + _DEPTHWISE + _SEPARABLE  # transposes are Conv subclasses
+_FOLDABLE = (L.Conv1D, L.Conv2D, L.Conv3D, L.Dense) + _TRANSPOSE + _DEPTHWISE + _SEPARABLE
 
 
 def _last_axis_bn(layer, rank) -> bool:
