@@ -272,18 +272,6 @@ def inverse(h: np.ndarray, damp: float) -> tf.Tensor:
     raise FloatingPointError("the Hessian could not be inverted (non-finite activations?)")
 
 
-def _pp(hinv, rows):
-    """``(H⁻¹)_PP`` for a batch of row sets ``rows`` (n, m) -> (n, m, m)."""
-    return tf.gather(tf.gather(hinv, rows), rows, axis=2, batch_dims=1)
-
-
-def class_losses(w, hinv, rows) -> tf.Tensor:
-    """OBS loss of removing each row set of ``rows`` (n, m) alone: ``tr(W_Pᵀ ((H⁻¹)_PP)⁻¹ W_P)``."""
-    wp = tf.gather(w, rows)  # (n, m, out)
-    sol = tf.linalg.solve(_pp(hinv, rows), wp)
-    return tf.reduce_sum(wp * sol, axis=[1, 2])
-
-
 def remove_rows(w, hinv, rows):
     """Remove the rows ``rows`` with the OBS update: ``(W', H⁻¹', loss)``; the removed rows of
     ``W'`` are zero and ``H⁻¹'`` is the inverse Hessian of the rows that stay."""
@@ -324,43 +312,117 @@ def _rows_by_class(row_cls: np.ndarray, classes: np.ndarray):
     return np.asarray(present, np.int64), np.stack(rows)
 
 
+def _spd_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a⁻¹ b`` for a symmetric positive definite ``a`` (a block of an inverse Hessian); a block made
+    singular by rounding falls back to a least-squares solve."""
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
+_BLAS = []  # threadpoolctl's controller, found once (it scans the loaded libraries)
+
+
+def _one_blas_thread():
+    """BLAS limited to one thread while the greedy search runs (its blocks are small; OpenBLAS threads
+    that spin between calls cost more than they give, badly so on a busy machine); a no-op without
+    threadpoolctl."""
+    import contextlib
+
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS.append(ThreadpoolController())
+        except ImportError:
+            _BLAS.append(None)
+    if _BLAS[0] is None:
+        return contextlib.nullcontext()
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
 class _Part:
-    """One consumer's share of a group during the greedy search. Removed rows are dropped from ``w``
-    and ``hinv`` after every block, so each step costs ``O(rows left²)``."""
+    """One consumer's share of a group during the greedy search, reduced to the group's own rows.
+
+    Only the rows ``P`` that read the group's classes can be removed while the group is searched, and the
+    rest of the consumer's rows stay. The OBS quantities of removals inside ``P`` need no more than ``W_P``
+    and the ``P×P`` block of the *full* inverse Hessian (by the Schur complement, ``(H⁻¹)_PP`` already
+    accounts for every row that stays), and removing a set ``S ⊂ P`` updates them in place:
+
+        W_P ← W_P − (H⁻¹)_{PS} ((H⁻¹)_SS)⁻¹ W_S,     (H⁻¹)_PP ← (H⁻¹)_PP − (H⁻¹)_{PS} ((H⁻¹)_SS)⁻¹ (H⁻¹)_{SP}
+
+    which is the dense update restricted to ``P`` (exactly what the full-matrix search computed for those
+    rows), at ``O(|P|² |S|)`` instead of ``O(d² |S|)`` per block of classes, in NumPy float64; the rows of
+    ``S`` are dropped after each block."""
 
     def __init__(self, present, rows, w, hinv, pos):
         self.idx = np.array([pos[int(c)] for c in present])  # position of each class in the group
-        self.rows = rows  # (classes, m) original row indices
-        self.where = np.arange(int(w.shape[0]))  # original row -> current row (-1: removed)
-        self.w, self.hinv = w, hinv
+        used = np.unique(rows)
+        self.w = np.asarray(w, np.float64)[used]
+        self.hinv = np.asarray(hinv, np.float64)[np.ix_(used, used)]
+        self.rows = np.searchsorted(used, rows)  # (classes, m): rows of each class in the block
+        self.where = np.arange(len(used))  # block row -> current row (-1: removed)
 
     def losses(self, alive):
+        """The OBS loss of removing each live class alone: ``tr(W_Pᵀ ((H⁻¹)_PP)⁻¹ W_P)``."""
         live = alive[self.idx]
         if not live.any():
             return self.idx[:0], np.zeros(0)
-        cur = tf.constant(self.where[self.rows[live]])
-        return self.idx[live], class_losses(self.w, self.hinv, cur).numpy()
+        cur = self.where[self.rows[live]]  # (n, m)
+        wp = self.w[cur]  # (n, m, out)
+        if cur.shape[1] == 1:
+            return self.idx[live], np.sum(wp[:, 0] ** 2, axis=1) / self.hinv[cur[:, 0], cur[:, 0]]
+        hpp = self.hinv[cur[:, :, None], cur[:, None, :]]  # (n, m, m)
+        return self.idx[live], np.sum(wp * np.linalg.solve(hpp, wp), axis=(1, 2))
 
-    def remove(self, take) -> float:
-        hit = np.isin(self.idx, take)
+    def remove(self, taken) -> float:
+        """Remove the rows of the classes marked in ``taken`` (a mask over the group) jointly, and drop
+        them from ``W_P`` and ``(H⁻¹)_PP``; the loss it costs."""
+        hit = taken[self.idx]
         if not hit.any():
             return 0.0
         gone = self.where[self.rows[hit].ravel()]
-        w, hinv, loss = remove_rows(self.w, self.hinv, gone)
-        stay = np.ones(int(w.shape[0]), bool)
+        stay = np.ones(len(self.w), bool)
         stay[gone] = False
-        keep = tf.constant(np.nonzero(stay)[0])
-        self.w = tf.gather(w, keep)
-        self.hinv = tf.gather(tf.gather(hinv, keep), keep, axis=1)
+        wp, col = self.w[gone], self.hinv[np.ix_(stay, gone)]
+        out = wp.shape[1]
+        sol = _spd_solve(self.hinv[np.ix_(gone, gone)], np.concatenate([wp, col.T], axis=1))
+        loss = float(np.sum(wp * sol[:, :out]))
+        self.w = self.w[stay] - col @ sol[:, :out]
+        self.hinv = self.hinv[np.ix_(stay, stay)] - col @ sol[:, out:]
         new = np.cumsum(stay) - 1
         self.where = np.where(self.where >= 0, new[np.maximum(self.where, 0)], -1)
         self.where[self.rows[hit].ravel()] = -1
-        return float(loss)
+        return loss
+
+
+_ENERGY: dict = {}  # id(H) -> (weak reference to H, fingerprint of W, energy): a consumer is in many groups
+
+
+def _energy(w: np.ndarray, h: np.ndarray) -> float:
+    """``tr(Wᵀ H W)``: the consumer's output energy on the samples (remembered while ``h`` lives)."""
+    import weakref
+
+    key, mark = id(h), (w.shape, float(w.sum()), float(w[0].sum()))
+    hit = _ENERGY.get(key)
+    if hit is not None and hit[0]() is h and hit[1] == mark:
+        return hit[2]
+    value = float(np.einsum("ij,ij->", w, h @ w))
+    for k in [k for k, v in _ENERGY.items() if v[0]() is None]:
+        del _ENERGY[k]
+    try:
+        _ENERGY[key] = (weakref.ref(h), mark, value)
+    except TypeError:  # not weakly referenceable: not remembered
+        pass
+    return value
 
 
 def group_scores(group, consumers, states, progress, blocks: int):
     """Greedy structured OBS over one group: a score per class of the group (cumulative relative
-    loss at its removal) or None when some class has no OBS consumer."""
+    loss at its removal) or None when some class has no OBS consumer. Each consumer takes part through
+    its rows that read the group (:class:`_Part`); blocks of about ``n / blocks`` classes go at each
+    step, those of least summed loss given the blocks removed before them."""
     classes = group.classes
     n = len(classes)
     pos = {int(c): i for i, c in enumerate(classes)}
@@ -373,11 +435,18 @@ def group_scores(group, consumers, states, progress, blocks: int):
             continue
         present, rows = found
         w, hinv, h = states[c.key]
+        w = np.asarray(w, np.float64)
         parts.append(_Part(present, rows, w, hinv, pos))
         covered[parts[-1].idx] = True
-        energy += float(np.sum(w.numpy() * (h @ w.numpy())))
+        energy += _energy(w, h)
     if not parts or not covered.all():
         return None
+    with _one_blas_thread():
+        return _greedy(parts, n, blocks, progress) / max(energy, 1e-30)
+
+
+def _greedy(parts, n: int, blocks: int, progress) -> np.ndarray:
+    """The cumulative loss at each class' removal, removing blocks of least summed loss."""
     alive = np.ones(n, bool)
     scores = np.full(n, np.nan)
     block = max(1, int(math.ceil(n / blocks)))
@@ -389,16 +458,18 @@ def group_scores(group, consumers, states, progress, blocks: int):
             total[idx] += loss
         cand = np.nonzero(alive)[0]
         take = cand[np.argsort(total[cand], kind="stable")[: min(block, len(cand) - 1)]]
+        taken = np.zeros(n, bool)
+        taken[take] = True
         before = cumulative
         for part in parts:
-            cumulative += part.remove(take)
+            cumulative += part.remove(taken)
         step = max(cumulative - before, 0.0)
         scores[take] = before + step * (np.arange(1, len(take) + 1) / len(take))
         alive[take] = False
         if progress is not None:
             progress.update(len(take))
     scores[alive] = cumulative * 1.01 + 1e-12 + (scores[~alive].max(initial=0.0) if (~alive).any() else 0.0)
-    return scores / max(energy, 1e-30)
+    return scores
 
 
 # ---- the algorithm ----------------------------------------------------------------------------------
