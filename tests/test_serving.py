@@ -97,3 +97,32 @@ def test_latency_is_measured_in_the_serving_path_and_eagerly():
     assert served["median_s"] > 0 and "load" in served
     with pytest.raises(ValueError):
         measure_latency(m, mode="jit")
+
+
+def small_convnet():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(32, 3, padding="same", use_bias=False)(inp)))
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(32, 3, padding="same", use_bias=False)(x)))
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, L.Dense(4)(x))
+
+
+def test_target_latency_measures_a_table_once_and_records_where_it_landed(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPA_KERAS_CACHE", str(tmp_path / "cache"))
+    model = small_convnet()
+    plan = spa.plan(model, target_latency=0.6, latency_batch_size=2)
+    s = plan.settings
+    assert s["target_latency"] == 0.6 and s["latency_batch_size"] == 2 and s["latency_before_s"] > 0
+    assert s["latency_after_s"] == s["latency_rounds"][-1]["measured_s"] or len(s["latency_rounds"]) > 1
+    assert s["latency_table"]["measured_now"] > 0 and (tmp_path / "cache" / "latency.json").exists()
+    again = spa.plan(model, target_latency=0.6, latency_batch_size=2)
+    assert again.settings["latency_table"]["measured_now"] == 0  # every layer timing came from the cache
+    assert spa.apply(plan).count_params() <= model.count_params()
+
+
+def test_target_latency_is_checked():
+    with pytest.raises(spa.InvalidArgumentError, match="fraction"):
+        spa.PruningConfig(target_latency=1.5)
+    with pytest.raises(spa.InvalidArgumentError, match="only one of"):
+        spa.PruningConfig(target_latency=0.5, target_macs=0.5)
