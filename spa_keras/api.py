@@ -165,7 +165,11 @@ def _plan(model, cfg: PruningConfig, verbose):
         group_ratios.update({g: cfg.hidden_ratio for g in _stream_groups(view, analysis)})
     options = dict(global_pruning=cfg.global_pruning, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
                    group_ratios=group_ratios)
-    if cfg.target_macs is not None or cfg.target_params is not None:
+    if cfg.target_latency is not None:
+        from .latency import search_latency
+
+        result = search_latency(view, analysis, scores, cfg.target_latency, cfg.latency_batch_size, options)
+    elif cfg.target_macs is not None or cfg.target_params is not None:
         counter, name = (count_macs, "target_macs") if cfg.target_macs is not None else (count_params, "target_params")
         base = counter(view.graph)
         goal = resolve_target(name, getattr(cfg, name), base)
@@ -311,7 +315,8 @@ def _steps(model, cfg, first, verbose):
     current = model
     for i in range(1, cfg.steps + 1):
         goal = base - (base - final) * i / cfg.steps
-        step_cfg = cfg.replace(**{"target_macs": None, "target_params": None, key: goal, "steps": 1})
+        step_cfg = cfg.replace(**{"target_macs": None, "target_params": None, "target_latency": None, key: goal,
+                                   "steps": 1})
         step_plan, post = _plan(current, step_cfg, verbose)
         current = write(step_plan, post, cfg)
     if verbose:

@@ -68,13 +68,17 @@ def _parser():
     e.add_argument("--serving", metavar="DIR", help="TF Serving base directory: writes DIR/<version>/")
     e.add_argument("--version", type=int, help="the version number (default: one more than the largest in DIR)")
     e.add_argument("--onnx", metavar="PATH", help="write an ONNX file (tf2onnx)")
+    e.add_argument("--keep-batchnorm", action="store_true",
+                   help="export BatchNorm layers as they are (default: folded into the convolution or dense layer "
+                        "before them, same outputs, faster serving)")
     _add_overwrite(e, "replace the ONNX file if it exists")
 
     b = sub.add_parser("bench", help="latency and throughput of the original and the slim model on this machine")
     b.add_argument("model", help=MODEL_HELP + ", or a SavedModel directory (timed as it is, not pruned)")
     b.add_argument("--batch-size", type=int, default=8, help="samples per batch (default 8)")
-    b.add_argument("--repeats", type=int, default=10, help="timed runs per model (default 10)")
-    b.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    b.add_argument("--repeats", type=int, default=20, help="timed runs per model (default 20)")
+    b.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    b.add_argument("--no-eager", action="store_true", help="time the serving path only (not also eager calls)")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_pruning_options(b)
 
@@ -297,10 +301,11 @@ def cmd_export(args) -> int:
             model = spa.from_onnx(model)
         if args.serving:
             stage("writing the SavedModel")
-            target = spa.export_for_serving(model, args.serving, version=args.version)
+            target = spa.export_for_serving(model, args.serving, version=args.version,
+                                            fold_batchnorm=not args.keep_batchnorm)
         if args.onnx:
             stage("converting to ONNX (tf2onnx)")
-            spa.to_onnx(model, args.onnx, overwrite=args.overwrite)
+            spa.to_onnx(model, args.onnx, overwrite=args.overwrite, fold_batchnorm=not args.keep_batchnorm)
     if args.serving:
         print(f"serving: {target}")
     if args.onnx:
@@ -311,7 +316,7 @@ def cmd_export(args) -> int:
 def cmd_bench(args) -> int:
     import spa_keras as spa
     from spa_keras.errors import InvalidArgumentError
-    from spa_keras.metrics import count_macs, count_params, measure_latency
+    from spa_keras.metrics import count_macs, count_params
 
     for name in ("batch_size", "repeats"):
         if getattr(args, name) < 1:
@@ -344,12 +349,13 @@ def cmd_bench(args) -> int:
             stage("timing the original and the slim model")
         results = {}
         for name, (m, graph) in models.items():
-            r = measure_latency(m, **timing)  # no bar of its own: the stage bar says what runs
+            results[name] = _timings(m, timing, not args.no_eager)  # no bar of its own: the stage bar says what runs
             if graph is not None:
-                r.update(macs=count_macs(graph), params=count_params(graph))
-            results[name] = r
+                results[name].update(macs=count_macs(graph), params=count_params(graph))
     if "slim" in results:
         results["speedup"] = results["original"]["median_s"] / results["slim"]["median_s"]
+        if "eager" in results["original"]:
+            results["eager_speedup"] = results["original"]["eager"]["median_s"] / results["slim"]["eager"]["median_s"]
     results["model"] = args.model
     if args.json:
         print(json.dumps(results, indent=1))
@@ -363,9 +369,28 @@ def cmd_bench(args) -> int:
             print(f"{name:<9} {r['batch_size']:>5} {1e3 * r['median_s']:>10.2f} {1e3 * r['best_s']:>9.2f} "
                   f"{r['samples_per_s']:>10.1f} {macs:>14} {params:>12}")
     if "speedup" in results:
-        print(f"speed-up {results['speedup']:.2f}x (median latency, batch {results['original']['batch_size']}, "
-              f"this machine)")
+        o = results["original"]
+        print(f"speed-up {results['speedup']:.2f}x (median latency, batch {o['batch_size']}, {o['mode']}, this "
+              f"machine, load average {o['load']})")
+        if "eager_speedup" in results:
+            print(f"eager model(x) calls: {1e3 * o['eager']['median_s']:.2f} -> "
+                  f"{1e3 * results['slim']['eager']['median_s']:.2f} ms, {results['eager_speedup']:.2f}x")
     return 0
+
+
+def _timings(model, timing, eager):
+    """The serving-path timing of a model (a Keras model as exported: BatchNorm folded, traced once; an
+    ONNX model in onnxruntime; a SavedModel signature as it is), and eager calls of a Keras model."""
+    from spa_keras.metrics import measure_latency
+
+    if not _is_onnx(model) and not hasattr(model, "structured_input_signature"):
+        from spa_keras.backends.fold import fold_batchnorm
+
+        r = measure_latency(fold_batchnorm(model), mode="serving", **timing)
+        if eager:
+            r["eager"] = measure_latency(model, mode="eager", **timing)
+        return r
+    return measure_latency(model, **timing)
 
 
 def cmd_demo(args) -> int:

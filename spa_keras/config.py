@@ -101,6 +101,13 @@ def target(name, value):
     return float(v) if v <= 1 else v
 
 
+def _latency_fraction(name, value):
+    v = float(_number(name, value))
+    if not 0 < v <= 1:
+        raise InvalidArgumentError(f"{name} is a fraction of the original's measured latency, in (0, 1]: got {value!r}")
+    return v
+
+
 def _criteria():
     from .criteria import CRITERIA
 
@@ -234,6 +241,12 @@ OPTIONS: tuple[Option, ...] = (
            "an absolute count, met within 1%", optional(target), cli={"type": float}),
     Option("target_params", None, "reach this many parameters instead of a ratio: a fraction (0.5) or a count, "
            "met within 1%", optional(target), cli={"type": float}),
+    Option("target_latency", None, "reach this fraction of the original's latency on this machine instead of a "
+           "ratio (0.5: half), measured in the serving path (traced, BatchNorm folded) at latency_batch_size, "
+           "within 5%; per-layer timings are cached in ~/.cache/spa_keras", optional(_latency_fraction),
+           cli={"type": float}),
+    Option("latency_batch_size", 8, "the batch size at which target_latency is measured", positive_int,
+           cli={"type": int}),
     Option("residual_stream", "hold", "the channels of a stream that normalisation layers read across (a "
            "transformer's residual stream): hold (kept, exact), slice (pruned like any channel; approximate where "
            "a norm's statistics change) or rotate (rotated onto the principal directions of calibration "
@@ -349,8 +362,8 @@ class PruningConfig:
         for name in _fields():
             o = BY_NAME[name]
             setattr(self, name, o.check(name, kwargs.get(name, o.default)))
-        if self.target_macs is not None and self.target_params is not None:
-            raise InvalidArgumentError("give target_macs or target_params, not both")
+        if sum(t is not None for t in (self.target_macs, self.target_params, self.target_latency)) > 1:
+            raise InvalidArgumentError("give only one of target_macs, target_params and target_latency (not both)")
         if self.hidden_ratio is not None and self.residual_stream == "hold":
             raise InvalidArgumentError("hidden_ratio removes width from the residual stream: set residual_stream="
                                        "'slice' or 'rotate' (with residual_stream='hold' the stream keeps its width)")

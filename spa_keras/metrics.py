@@ -7,6 +7,7 @@ once, trainable or not, as ``keras.Model.count_params()`` does.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -57,10 +58,11 @@ def _random(shape, dtype, rng):
     return rng.standard_normal(shape).astype(dtype if "float" in dtype else "float32")
 
 
-def _runner(model, batch_size, input_data):
-    """``(call, batch_size)``: a function running ``model`` once on a fixed batch."""
+def _runner(model, batch_size, input_data, mode="serving"):
+    """``(call, batch_size)``: a function running ``model`` once on a fixed batch (a Keras model traced
+    once in a ``tf.function`` for ``mode="serving"``, called eagerly for ``"eager"``)."""
     rng = np.random.default_rng(0)
-    if type(model).__module__.startswith("onnx"):
+    if _is_onnx(model):
         from onnx import helper
 
         from .frontends.onnx.runtime import session as ort_session
@@ -103,27 +105,46 @@ def _runner(model, batch_size, input_data):
     else:
         batch_size = len(keras.tree.flatten(input_data)[0])
     x = keras.tree.map_structure(keras.ops.convert_to_tensor, input_data)
+    if mode == "serving":
+        fn = serving_function(model, x)
+    elif mode == "eager":
+        fn = lambda x: model(x, training=False)  # noqa: E731
+    else:
+        raise ValueError(f"mode must be 'serving' or 'eager', got {mode!r}")
 
     def call():
-        out = model(x, training=False)
-        keras.tree.map_structure(lambda y: np.asarray(y), out)
+        keras.tree.map_structure(lambda y: np.asarray(y), fn(x))
 
     return call, batch_size
+
+
+def serving_function(model, example):
+    """``model`` traced once in a ``tf.function`` for inputs shaped like ``example`` (what a SavedModel
+    signature or ``predict`` runs: one graph, no per-layer Python)."""
+    import tensorflow as tf
+
+    spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), example)
+    fn = tf.function(lambda x: model(x, training=False), input_signature=[spec], autograph=False)
+    return fn.get_concrete_function()
 
 
 def keras_flatten(data):
     return list(data.values()) if isinstance(data, dict) else list(data) if isinstance(data, (list, tuple)) else [data]
 
 
-def measure_latency(model, batch_size: int = 8, repeats: int = 10, warmup: int = 2, input_data=None,
-                    progress=None) -> dict:
+def measure_latency(model, batch_size: int = 8, repeats: int = 20, warmup: int = 3, input_data=None,
+                    progress=None, mode: str = "serving") -> dict:
     """Median and best wall time of one batch on this machine, in seconds, and the throughput.
 
-    ``model``: a ``keras.Model`` (run as ``model(x, training=False)``), an ``onnx.ModelProto`` (run in
-    onnxruntime on the CPU) or a SavedModel signature (``tf.saved_model.load(d).signatures[...]``).
-    Inputs are random unless ``input_data`` is given; a model whose batch axis is fixed runs at that
-    batch size. ``progress``: a callable told after each timed run (a progress bar's ``update``).
-    Returns ``{"median_s", "best_s", "batch_size", "samples_per_s"}`` (throughput at the median).
+    ``model``: a ``keras.Model``, an ``onnx.ModelProto`` (run in onnxruntime on the CPU) or a SavedModel
+    signature (``tf.saved_model.load(d).signatures[...]``). A Keras model runs in the serving path by
+    default (``mode="serving"``: traced once in a ``tf.function``, as TF Serving or ``predict`` run it);
+    ``mode="eager"`` calls ``model(x, training=False)``, which adds per-layer Python overhead that does
+    not shrink with the channels. Inputs are random unless ``input_data`` is given; a model whose batch
+    axis is fixed runs at that batch size. ``progress``: a callable told after each timed run.
+    Returns ``{"median_s", "best_s", "batch_size", "samples_per_s", "repeats", "mode", "load"}``
+    (throughput at the median; ``load``: the 1-minute load average when the timing started, since a
+    figure taken on a busy machine says little).
 
     >>> import keras
     >>> from spa_keras.metrics import measure_latency
@@ -132,7 +153,8 @@ def measure_latency(model, batch_size: int = 8, repeats: int = 10, warmup: int =
     >>> r["batch_size"], r["samples_per_s"] > 0
     (4, True)
     """
-    call, batch_size = _runner(model, batch_size, input_data)
+    call, batch_size = _runner(model, batch_size, input_data, mode)
+    load = load_average()
     for _ in range(warmup):
         call()
     times = []
@@ -144,4 +166,36 @@ def measure_latency(model, batch_size: int = 8, repeats: int = 10, warmup: int =
             progress()
     median = float(np.median(times))
     return {"median_s": median, "best_s": float(np.min(times)), "batch_size": int(batch_size),
-            "samples_per_s": float(batch_size / median) if median > 0 else float("inf")}
+            "samples_per_s": float(batch_size / median) if median > 0 else float("inf"), "repeats": int(repeats),
+            "mode": mode if _is_keras(model) else ("onnxruntime" if _is_onnx(model) else "signature"),
+            "load": load}
+
+
+def _is_onnx(model) -> bool:
+    return type(model).__module__.startswith("onnx")
+
+
+def _is_keras(model) -> bool:
+    return not _is_onnx(model) and not hasattr(model, "structured_input_signature")
+
+
+def load_average() -> float | None:
+    """The 1-minute load average of this machine (None where the system does not say)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def wait_for_quiet(max_load: float = 1.5, timeout: float = 600.0, poll: float = 15.0) -> float | None:
+    """Wait until the 1-minute load average is below ``max_load`` (at most ``timeout`` seconds) and
+    return it: latency is only worth recording on a quiet machine. Benchmarks record what it returns
+    next to each figure, and say when the wait ran out."""
+    import os
+
+    deadline = time.monotonic() + timeout
+    load = load_average()
+    while load is not None and load >= max_load and time.monotonic() < deadline:
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        load = load_average()
+    return load

@@ -48,6 +48,14 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import InvalidArgumentError
+from .obs_solver import (
+    compensate,
+    direct_scores,
+    group_scores,
+    inverse,
+    matrix,
+    unmatrix,
+)
 
 #: how the weights that stay change: the Optimal Brain Surgeon update, only the bias (FLAP), or not at all
 UPDATES = ("obs", "bias", "none")
@@ -247,187 +255,6 @@ def accumulate_hessians(model, consumers, inputs, batch_size: int, strategy=None
     return {c.key: s for c, s in zip(consumers, sums)}
 
 
-# ---- the matrices -----------------------------------------------------------------------------------
-
-
-def matrix(consumer: Consumer, kernel: np.ndarray, bias) -> np.ndarray:
-    """The consumer's weights (``kernel`` in the canonical layout ``(*kernel_size, c_in, c_out)``) as the
-    ``(dim, columns)`` matrix its features multiply."""
-    cout = kernel.shape[-1]
-    if consumer.mode == "channels":
-        cin = consumer.cin
-        w = kernel.reshape(-1, cin, cout).transpose(1, 0, 2).reshape(cin, -1)
-        ncol = w.shape[1]
-    else:
-        w = kernel.reshape(-1, cout)
-        ncol = cout
-    if consumer.augmented:
-        b = np.zeros((1, ncol)) if (bias is None or consumer.mode == "channels") else bias.reshape(1, -1)
-        w = np.concatenate([w, b], axis=0)
-    return w.astype(np.float64)
-
-
-def unmatrix(consumer: Consumer, w: np.ndarray, kernel: np.ndarray, bias):
-    """Canonical kernel and bias change back from a (compensated) matrix: ``(kernel, bias_delta)``."""
-    cout = kernel.shape[-1]
-    delta = None
-    if consumer.augmented:
-        w, last = w[:-1], w[-1]
-        if consumer.mode == "channels":
-            delta = last.reshape(-1, cout).sum(axis=0)
-        else:
-            delta = last - (0 if bias is None else bias.reshape(-1))
-    if consumer.mode == "channels":
-        cin = consumer.cin
-        k = w.reshape(cin, -1, cout).transpose(1, 0, 2).reshape(kernel.shape)
-    else:
-        k = w.reshape(kernel.shape)
-    return k.astype(kernel.dtype), delta
-
-
-def inverse(h: np.ndarray, damp: float) -> tf.Tensor:
-    """``(H + λ I)⁻¹`` with ``λ = damp * mean(diag H)``; the damping grows tenfold until the Cholesky
-    factorisation succeeds (dead channels make ``H`` singular)."""
-    h = tf.constant(h, tf.float64)
-    eye = tf.eye(h.shape[0], dtype=tf.float64)
-    scale = tf.maximum(tf.reduce_mean(tf.linalg.diag_part(h)), 1e-12)
-    for _ in range(12):
-        chol = tf.linalg.cholesky(h + damp * scale * eye)
-        if bool(tf.reduce_all(tf.math.is_finite(chol))):
-            return tf.linalg.cholesky_solve(chol, eye)
-        damp = max(damp * 10, 1e-12)
-    raise FloatingPointError("the Hessian could not be inverted (non-finite activations?)")
-
-
-def _pp(hinv, rows):
-    """``(H⁻¹)_PP`` for a batch of row sets ``rows`` (n, m) -> (n, m, m)."""
-    return tf.gather(tf.gather(hinv, rows), rows, axis=2, batch_dims=1)
-
-
-def class_losses(w, hinv, rows) -> tf.Tensor:
-    """OBS loss of removing each row set of ``rows`` (n, m) alone: ``tr(W_Pᵀ ((H⁻¹)_PP)⁻¹ W_P)``."""
-    wp = tf.gather(w, rows)  # (n, m, out)
-    sol = tf.linalg.solve(_pp(hinv, rows), wp)
-    return tf.reduce_sum(wp * sol, axis=[1, 2])
-
-
-def remove_rows(w, hinv, rows):
-    """Remove the rows ``rows`` with the OBS update: ``(W', H⁻¹', loss)``; the removed rows of
-    ``W'`` are zero and ``H⁻¹'`` is the inverse Hessian of the rows that stay."""
-    rows = tf.constant(np.asarray(rows, np.int64))
-    hpp = tf.gather(tf.gather(hinv, rows), rows, axis=1)
-    wp = tf.gather(w, rows)
-    sol = tf.linalg.solve(hpp, wp)
-    loss = tf.reduce_sum(wp * sol)
-    col = tf.gather(hinv, rows, axis=1)
-    w = w - col @ sol
-    hinv = hinv - col @ tf.linalg.solve(hpp, tf.gather(hinv, rows))
-    keep = tf.tensor_scatter_nd_update(tf.ones(w.shape[0], tf.float64), rows[:, None],
-                                       tf.zeros(rows.shape[0], tf.float64))
-    w = w * keep[:, None]
-    hinv = hinv * keep[:, None] * keep[None, :]
-    return w, hinv, loss
-
-
-def compensate(w: np.ndarray, hinv, rows) -> np.ndarray:
-    """``W`` with ``rows`` removed and the rest re-fitted (the joint OBS update)."""
-    if len(rows) == 0:
-        return w
-    w2, _, _ = remove_rows(tf.constant(w, tf.float64), hinv, rows)
-    return w2.numpy()
-
-
-# ---- scoring ----------------------------------------------------------------------------------------
-
-
-def _rows_by_class(row_cls: np.ndarray, classes: np.ndarray):
-    """``(classes present, rows (n, m))`` when every class has the same number of rows, else None."""
-    present = [c for c in classes if np.any(row_cls == c)]
-    if not present:
-        return None
-    rows = [np.nonzero(row_cls == c)[0] for c in present]
-    if len({len(r) for r in rows}) != 1:
-        return None
-    return np.asarray(present, np.int64), np.stack(rows)
-
-
-class _Part:
-    """One consumer's share of a group during the greedy search. Removed rows are dropped from ``w``
-    and ``hinv`` after every block, so each step costs ``O(rows left²)``."""
-
-    def __init__(self, present, rows, w, hinv, pos):
-        self.idx = np.array([pos[int(c)] for c in present])  # position of each class in the group
-        self.rows = rows  # (classes, m) original row indices
-        self.where = np.arange(int(w.shape[0]))  # original row -> current row (-1: removed)
-        self.w, self.hinv = w, hinv
-
-    def losses(self, alive):
-        live = alive[self.idx]
-        if not live.any():
-            return self.idx[:0], np.zeros(0)
-        cur = tf.constant(self.where[self.rows[live]])
-        return self.idx[live], class_losses(self.w, self.hinv, cur).numpy()
-
-    def remove(self, take) -> float:
-        hit = np.isin(self.idx, take)
-        if not hit.any():
-            return 0.0
-        gone = self.where[self.rows[hit].ravel()]
-        w, hinv, loss = remove_rows(self.w, self.hinv, gone)
-        stay = np.ones(int(w.shape[0]), bool)
-        stay[gone] = False
-        keep = tf.constant(np.nonzero(stay)[0])
-        self.w = tf.gather(w, keep)
-        self.hinv = tf.gather(tf.gather(hinv, keep), keep, axis=1)
-        new = np.cumsum(stay) - 1
-        self.where = np.where(self.where >= 0, new[np.maximum(self.where, 0)], -1)
-        self.where[self.rows[hit].ravel()] = -1
-        return float(loss)
-
-
-def group_scores(group, consumers, states, progress, blocks: int):
-    """Greedy structured OBS over one group: a score per class of the group (cumulative relative
-    loss at its removal) or None when some class has no OBS consumer."""
-    classes = group.classes
-    n = len(classes)
-    pos = {int(c): i for i, c in enumerate(classes)}
-    parts = []
-    covered = np.zeros(n, bool)
-    energy = 0.0
-    for c in consumers:
-        found = _rows_by_class(c.row_cls, classes)
-        if found is None:
-            continue
-        present, rows = found
-        w, hinv, h = states[c.key]
-        parts.append(_Part(present, rows, w, hinv, pos))
-        covered[parts[-1].idx] = True
-        energy += float(np.sum(w.numpy() * (h @ w.numpy())))
-    if not parts or not covered.all():
-        return None
-    alive = np.ones(n, bool)
-    scores = np.full(n, np.nan)
-    block = max(1, int(math.ceil(n / blocks)))
-    cumulative = 0.0
-    while alive.sum() > 1:
-        total = np.zeros(n)
-        for part in parts:
-            idx, loss = part.losses(alive)
-            total[idx] += loss
-        cand = np.nonzero(alive)[0]
-        take = cand[np.argsort(total[cand], kind="stable")[: min(block, len(cand) - 1)]]
-        before = cumulative
-        for part in parts:
-            cumulative += part.remove(take)
-        step = max(cumulative - before, 0.0)
-        scores[take] = before + step * (np.arange(1, len(take) + 1) / len(take))
-        alive[take] = False
-        if progress is not None:
-            progress.update(len(take))
-    scores[alive] = cumulative * 1.01 + 1e-12 + (scores[~alive].max(initial=0.0) if (~alive).any() else 0.0)
-    return scores / max(energy, 1e-30)
-
-
 # ---- the algorithm ----------------------------------------------------------------------------------
 
 
@@ -483,50 +310,21 @@ class OBSPA:
         with progress(sum(g.size for g in a.groups), "OBSPA scores", "ch", self.verbose) as bar:
             for g in a.groups:
                 users = {id(c): c for cls in g.classes for c in by_class.get(int(cls), [])}
-                states = {}
-                for c in users.values():
-                    w = tf.constant(self._matrix(c), tf.float64)
-                    states[c.key] = (w, self.hinv(c.key), self.hessians[c.key])
-                if self.update == "obs":
+                obs = self.update == "obs"
+                states = {c.key: (self._matrix(c), self.hinv(c.key) if obs else None, self.hessians[c.key])
+                          for c in users.values()}
+                if obs:
                     s = group_scores(g, list(users.values()), states, bar, self.blocks) if users else None
                 else:
-                    s = self._direct_scores(g, list(users.values()))
-                    bar.update(g.size)
+                    s = direct_scores(g, list(users.values()), states, bias_only=self.update == "bias")
+                    if s is not None:
+                        bar.update(g.size)
                 if s is None:
                     f = np.asarray(fallback, np.float64)[g.classes]
                     s = f / (np.nanmean(f) + 1e-12) if np.isfinite(f).any() else f
                     bar.update(g.size)
                 out[g.classes] = s
         return out
-
-    def _direct_scores(self, group, consumers):
-        """``update="none"`` (activation-weighted magnitude, Wanda-sp style): a class's loss is what its
-        rows carried, ``tr(W_Pᵀ H_PP W_P)``; ``update="bias"`` (FLAP style): what they carried beyond
-        their mean, ``tr(W_Pᵀ (H_PP − h_P h_Pᵀ / n) W_P)``, the mean going into the bias. Relative to the
-        consumers' output energy, like OBS scores; None when some class has no consumer."""
-        classes = group.classes
-        loss = np.zeros(len(classes))
-        covered = np.zeros(len(classes), bool)
-        energy = 0.0
-        for c in consumers:
-            found = _rows_by_class(c.row_cls, classes)
-            if found is None:
-                continue
-            present, rows = found
-            w, h = self._matrix(c), self.hessians[c.key]
-            energy += float(np.sum(w * (h @ w)))
-            idx = np.searchsorted(classes, present) if np.all(np.diff(classes) > 0) else \
-                np.array([int(np.nonzero(classes == p)[0][0]) for p in present])
-            for i, r in zip(idx, rows):
-                hpp = h[np.ix_(r, r)]
-                if self.update == "bias" and c.augmented:
-                    hb = h[r, -1]
-                    hpp = hpp - np.outer(hb, hb) / max(h[-1, -1], 1e-30)
-                loss[i] += float(np.sum(w[r] * (hpp @ w[r])))
-                covered[i] = True
-        if not covered.all():
-            return None
-        return loss / max(energy, 1e-30)
 
     def compensation(self, plan) -> dict:
         """``{parameter key: full-width array}``: the consumers' kernels (and biases, or following

@@ -129,8 +129,47 @@ class _Rebuilder:
                 values.append(value)
             if len(old.weights) != len(new.weights):
                 raise RebuildError(f"layer {old.name!r}: the rebuilt layer has a different number of weights")
-            if values:
-                new.set_weights(values)
+            for v_new, value in zip(new.weights, values):
+                _set_value(v_new, value)
+
+
+def _set_value(variable, value) -> None:
+    """Give a variable its value: a variable created uninitialised (under :func:`_deferred_variables`) is
+    created from ``value`` directly, skipping its initializer (random kernels, zeros) and the assign."""
+    if getattr(variable, "_value", True) is None and getattr(variable, "_initializer", None) is not None:
+        variable._initialize(np.asarray(value, dtype=variable.dtype))
+        variable._initializer = None
+    else:
+        variable.assign(value)
+
+
+class _deferred_variables:
+    """Build layers with their variables left uninitialised (Keras' ``StatelessScope`` defers them), so
+    that :func:`_set_value` creates each from its sliced value once; on leaving, whatever is still
+    uninitialised (variables no weight was copied into) is initialised as usual. Private Keras state
+    (the global list of uninitialised variables) is read here only."""
+
+    def __enter__(self):
+        self.scope = keras.StatelessScope(initialize_variables=False)
+        self.scope.__enter__()
+        return self
+
+    def leave(self):
+        """Leave the scope (variables may be given values from here on)."""
+        if self.scope is not None:
+            self.scope.__exit__(None, None, None)
+            self.scope = None
+
+    def __exit__(self, *exc):
+        from keras.src.backend.common import global_state
+
+        self.leave()
+        pending = global_state.get_global_attribute("uninitialized_variables") or []
+        global_state.set_global_attribute("uninitialized_variables", [])
+        for v in pending:
+            if v._value is None:
+                v._deferred_initialize()
+        return False
 
 
 def apply_plan(kg: KerasGraph, plan: PruningPlan, transform=None) -> keras.Model:
@@ -146,11 +185,10 @@ def apply_plan(kg: KerasGraph, plan: PruningPlan, transform=None) -> keras.Model
         return apply_hub_plan(kg, plan, transform)
     rb = _Rebuilder(kg, plan)
     model = kg.model
-    if isinstance(model, keras.Sequential):
-        new = rb.model(model, None)
-    else:
-        new = rb.model(model, kg.graph.inputs)
-    rb.copy_weights(transform)
+    with _deferred_variables() as deferred:
+        new = rb.model(model, None if isinstance(model, keras.Sequential) else kg.graph.inputs)
+        deferred.leave()
+        rb.copy_weights(transform)
     if getattr(model, "compiled", False):
         try:
             new.compile_from_config(model.get_compile_config())

@@ -93,14 +93,20 @@ def from_onnx(path_or_model, channels_last_inputs: bool = False):
     return onnx_to_keras(load_onnx(path_or_model), channels_last_inputs)
 
 
-def to_onnx(model, path: str | None = None, opset: int = 17, overwrite: bool = False):
+def to_onnx(model, path: str | None = None, opset: int = 17, overwrite: bool = False, fold_batchnorm: bool = True):
     """Convert a Keras model to ONNX (tf2onnx); saved atomically to ``path`` when given. Returns the
-    ``onnx.ModelProto``.
+    ``onnx.ModelProto``. ``fold_batchnorm``: every BatchNorm right after a convolution or dense layer is
+    folded into it first (:func:`spa_keras.backends.fold.fold_batchnorm`; the outputs agree to float
+    rounding); pass ``False`` to keep them, e.g. to prune the ONNX file later with OBSPA's ``"bn"`` source.
 
     >>> # spa.to_onnx(slim, "slim.onnx")
     """
     from .keras_to_onnx import keras_to_onnx
 
+    if fold_batchnorm:
+        from ..backends.fold import fold_batchnorm as fold
+
+        model = fold(model)
     proto = keras_to_onnx(model, opset)
     if path is not None:
         save_onnx(proto, path, overwrite)
@@ -136,8 +142,13 @@ def _publish(base_dir: str, target: str, write) -> str:
     return target
 
 
-def export_for_serving(model, base_dir: str, version: int | None = None) -> str:
+def export_for_serving(model, base_dir: str, version: int | None = None, fold_batchnorm: bool = True) -> str:
     """Export ``model`` as a SavedModel in the TF Serving layout, ``base_dir/<version>/``.
+
+    ``fold_batchnorm`` (default): every BatchNorm right after a convolution or dense layer is folded into
+    its kernel and bias (:func:`spa_keras.backends.fold.fold_batchnorm`), which saves a multiply and an
+    add over each of those activations per request; the outputs agree with the model's to float
+    rounding. ``False`` exports the layers as they are.
 
     The version defaults to one more than the largest already there (1 for a new folder); an existing
     version is never overwritten. The ``serving_default`` signature takes the model's input names and
@@ -159,6 +170,10 @@ def export_for_serving(model, base_dir: str, version: int | None = None) -> str:
     if isinstance(model, (str, os.PathLike)):
         return _copy_saved_model(os.fspath(model), base_dir, version)
     target = _version_dir(base_dir, version)
+    if fold_batchnorm:
+        from ..backends.fold import fold_batchnorm as fold
+
+        model = fold(model)
     in_names = [x.name.split(":")[0] for x in model.inputs]
     out_names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
     spec = [tf.TensorSpec(x.shape, x.dtype, name=n) for x, n in zip(model.inputs, in_names)]

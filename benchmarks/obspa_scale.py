@@ -1,0 +1,116 @@
+"""OBSPA at scale: seconds and peak memory with 512 calibration samples at 224x224.
+
+For MobileNetV2, ResNet50 and DenseNet121 (weights=None, BatchNorm statistics randomised; random
+calibration images), `spa.plan(model, ratio=0.5, calibration_data=x)` runs in a fresh process per model
+(so that its peak resident memory is its own) and the time of each phase is recorded: the calibration
+samples, Hessian accumulation, the inverses (Cholesky), the greedy group search and the compensation.
+`--solver old` runs the greedy search as it was before the blocked solver (tests/obspa_reference.py);
+its cost does not depend on the number of samples, so `--samples 32` is enough to time it.
+Writes benchmarks/results/obspa_scale.json (rows are added, keyed by model, solver and samples).
+
+    PYTHONPATH=. nice -n 10 python benchmarks/obspa_scale.py
+    PYTHONPATH=. python benchmarks/obspa_scale.py --models ResNet50 --solver old --samples 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+OUT = os.path.join(HERE, "results", "obspa_scale.json")
+PHASES = ("inputs_for", "accumulate_hessians", "inverse", "group_scores", "compensate")
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def one(name: str, samples: int, size: int, solver: str) -> dict:
+    """Time one model's OBSPA plan in this process."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+
+    import spa_keras as spa
+    from spa_keras import algorithms
+    from spa_keras.algorithms import obspa
+    from spa_keras.metrics import load_average
+    from spa_keras.testing import build_zoo_model, perturb_statistics
+
+    model = perturb_statistics(build_zoo_model(name, size))
+    x = np.random.default_rng(0).standard_normal((samples, size, size, 3)).astype("float32")
+    if solver == "old":
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        import obspa_reference
+
+        obspa.group_scores = obspa_reference.group_scores
+    seconds = dict.fromkeys(PHASES, 0.0)
+
+    def timed(module, fname):
+        fn = getattr(module, fname)
+
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[fname] += time.perf_counter() - t0
+
+        setattr(module, fname, wrapper)
+
+    for fname in PHASES[1:]:
+        timed(obspa, fname)
+    timed(algorithms, "inputs_for")
+    base_rss = _rss_mb()
+    load = load_average()
+    t0, c0 = time.perf_counter(), time.process_time()
+    plan = spa.plan(model, ratio=0.5, calibration_data=x, verbose=False)
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return dict(model=name, solver=solver, samples=samples, size=size, seconds=round(total, 2),
+                cpu_seconds=round(cpu, 2), phases={k: round(v, 2) for k, v in seconds.items()},
+                peak_rss_mb=round(_rss_mb()), rss_before_mb=round(base_rss), load_start=load, load_end=load_average(),
+                removed=int(plan.n_removed))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", default=["MobileNetV2", "ResNet50", "DenseNet121"])
+    ap.add_argument("--samples", type=int, default=512)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--solver", choices=("new", "old"), default="new")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=OUT)
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(args.one, args.samples, args.size, args.solver)), flush=True)
+        return 0
+    rows = []
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            rows = json.load(f).get("runs", [])
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for name in args.models:
+        r = subprocess.run([sys.executable, __file__, "--one", name, "--samples", str(args.samples), "--size",
+                            str(args.size), "--solver", args.solver], capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            row = dict(model=name, solver=args.solver, samples=args.samples, error=r.stderr[-2000:])
+        else:
+            row = json.loads(r.stdout.strip().splitlines()[-1])
+        print(json.dumps(row), flush=True)
+        rows = [x for x in rows if (x["model"], x["solver"], x["samples"]) != (name, args.solver, args.samples)]
+        rows.append(row)
+        from spa_keras.io import atomic_write
+
+        atomic_write(args.out, lambda tmp: open(tmp, "w").write(json.dumps(
+            {"machine": f"{os.cpu_count()} CPU cores", "runs": rows}, indent=1)), overwrite=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
