@@ -540,6 +540,24 @@ def run_spa(lm, calib, test, dense_ppl, method, setting, generate=True, **kwargs
     return row
 
 
+def explicit_head_twin(lm):
+    """The Llama-style LM as a ``MistralCausalLM`` with the same weights, ``head_dim`` given explicitly and
+    no sliding window (the same computation: keras_hub's Mistral blocks are Llama's with a free head
+    size). LlamaBackbone derives its head size from the hidden width, so removing hidden width from a
+    Llama must remove whole heads; the twin shows what the residual-stream methods do when it need not.
+    ``(twin, largest logit difference on random tokens)``."""
+    cfg = lm.backbone.get_config()
+    keep = ("vocabulary_size", "num_layers", "num_query_heads", "hidden_dim", "intermediate_dim",
+            "num_key_value_heads", "rope_max_wavelength", "layer_norm_epsilon", "dropout")
+    backbone = keras_hub.models.MistralBackbone(**{k: cfg[k] for k in keep}, sliding_window=None,
+                                                head_dim=cfg["hidden_dim"] // cfg["num_query_heads"])
+    backbone.set_weights(lm.backbone.get_weights())
+    twin = keras_hub.models.MistralCausalLM(backbone=backbone, preprocessor=None)
+    x = {"token_ids": np.random.default_rng(0).integers(0, cfg["vocabulary_size"], (2, SEQ_LEN)).astype("int32"),
+         "padding_mask": np.ones((2, SEQ_LEN), "int32")}
+    return twin, float(np.abs(np.asarray(lm(x)) - np.asarray(twin(x))).max())
+
+
 def spa_rows(family=None, lm=None, calib=None, test=None, dense_ppl=None, targets=(0.8, 0.6),
              hidden=(0.25, 0.5), generate=True, calibration_sequences=128, data=None):
     """Every spa_keras row of one model. With only ``family`` given, loads the cached trained model (it
@@ -567,13 +585,21 @@ def spa_rows(family=None, lm=None, calib=None, test=None, dense_ppl=None, target
                 kw = dict(kw, calibration_data=calib, calibration_samples=n_cal)
             rows.append(run_spa(lm, calib, test, dense_ppl, name, setting, generate, target_params=t, **kw))
             rows[-1]["target_params"] = t
-    for mode, extra in (("rotate", {}), ("rotate", {"algorithm": "obspa"}), ("slice", {})):
-        for h in hidden:
-            name = f"residual_{mode}" + ("+obspa" if extra else "")
-            rows.append(run_spa(lm, calib, test, dense_ppl, name, f"hidden {h:.0%} removed", generate,
-                                residual_stream=mode, hidden_ratio=h, calibration_data=calib,
-                                calibration_samples=n_cal, ratio=0.0, **extra))
-            rows[-1]["hidden_ratio"] = h
+    models = [("", lm)]
+    if isinstance(lm, keras_hub.models.LlamaCausalLM):
+        twin, diff = explicit_head_twin(lm)
+        log(f"  Mistral twin with head_dim given: largest logit difference {diff:.2e}")
+        models.append((" (Mistral twin)", twin))
+    for suffix, m in models:
+        for mode, extra in (("rotate", {}), ("rotate", {"algorithm": "obspa"}), ("slice", {})):
+            for h in hidden:
+                name = f"residual_{mode}" + ("+obspa" if extra else "") + suffix
+                rows.append(run_spa(m, calib, test, dense_ppl, name, f"hidden {h:.0%} removed", generate,
+                                    residual_stream=mode, hidden_ratio=h, calibration_data=calib,
+                                    calibration_samples=n_cal, ratio=0.0, **extra))
+                rows[-1]["hidden_ratio"] = h
+                if suffix:
+                    rows[-1]["twin_logit_difference"] = diff
     return rows
 
 
@@ -593,12 +619,17 @@ def goals(dense_ppl, spa):
                                            met=None if frac is None else bool(frac <= 1 / 6))
     else:
         out["obspa_vs_l2_at_40pct"] = dict(met=None, why="a row is missing or failed")
-    for h, lim, key in ((0.25, 1.05, "rotate_25pct_hidden"), (0.5, 1.25, "rotate_50pct_hidden")):
-        r = min((x for x in spa if x["method"].startswith("residual_rotate") and x.get("hidden_ratio") == h
-                 and "perplexity" in x), key=lambda x: x["perplexity"], default=None)
-        out[key] = (dict(ratio=r["ratio_to_dense"], limit=lim, met=bool(r["ratio_to_dense"] <= lim)) if r
-                    else dict(met=None, why="row missing or failed"))
-    timed = [r for r in spa if "perplexity" in r and r["method"] in ("obspa", "residual_rotate", "residual_rotate+obspa")]
+    for twin in (False, True):
+        for h, lim, key in ((0.25, 1.05, "rotate_25pct_hidden"), (0.5, 1.25, "rotate_50pct_hidden")):
+            r = min((x for x in spa if x["method"].startswith("residual_rotate") and x.get("hidden_ratio") == h
+                     and "perplexity" in x and ("twin" in x["method"]) == twin),
+                    key=lambda x: x["perplexity"], default=None)
+            if twin and r is None:
+                continue
+            out[key + ("_mistral_twin" if twin else "")] = (
+                dict(ratio=r["ratio_to_dense"], limit=lim, method=r["method"], met=bool(r["ratio_to_dense"] <= lim))
+                if r else dict(met=None, why="row missing or failed"))
+    timed = [r for r in spa if "perplexity" in r and (r["method"] == "obspa" or r["method"].startswith("residual_rotate"))]
     out["pipeline_under_60s"] = (dict(max_seconds=max(r["seconds"] for r in timed), met=all(r["seconds"] < 60 for r in timed),
                                       rows=[f"{r['method']} {r['setting']}: {r['seconds']} s" for r in timed]) if timed
                                  else dict(met=None, why="no OBSPA or rotate row ran"))
@@ -610,11 +641,11 @@ def goals(dense_ppl, spa):
 
 def _fmt(r):
     if "missing" in r:
-        return f"  {r['method']:<18} {r['setting']:<26} missing"
+        return f"  {r['method']:<34} {r['setting']:<26} missing"
     if "error" in r:
-        return f"  {r['method']:<18} {r['setting']:<26} error: {r['error'][:110]}"
+        return f"  {r['method']:<34} {r['setting']:<26} error: {r['error'][:110]}"
     gen = "" if "generate_ok" not in r else (" gen ok" if r["generate_ok"] else " gen FAILED")
-    return (f"  {r['method']:<18} {r['setting']:<26} ppl {r['perplexity']:8.4f}  x{r['ratio_to_dense']:.3f}  "
+    return (f"  {r['method']:<34} {r['setting']:<26} ppl {r['perplexity']:8.4f}  x{r['ratio_to_dense']:.3f}  "
             f"params {r['params_before']}->{r.get('params_effective', r['params_after'])}  {r['seconds']:.1f} s{gen}")
 
 
@@ -625,7 +656,7 @@ def table(results):
         tr = m.get("training", {})
         out.append(f"\n{fam}: {m.get('params')} parameters, dense test perplexity {d.get('test_perplexity')} "
                    f"(validation {d.get('validation_perplexity')}), trained {tr.get('steps')} steps in {tr.get('seconds')} s")
-        out.append(f"  {'method':<18} {'setting':<26} result")
+        out.append(f"  {'method':<34} {'setting':<26} result")
         for r in m.get("baselines", []) + m.get("spa", []):
             out.append(_fmt(r))
         if m.get("goals"):
