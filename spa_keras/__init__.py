@@ -9,6 +9,7 @@ loads neither, nor ONNX, tf2onnx or torch), so the ``spa-keras`` command answers
 """
 
 import os as _os
+import sys as _sys
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
 
@@ -23,10 +24,6 @@ from .errors import (  # noqa: E402 - errors are light and needed everywhere
     RebuildError,
     UnsupportedModelError,
 )
-
-from . import plan as _plan_module  # noqa: E402, F401 - loaded now so that it never shadows spa.plan (NumPy only)
-
-globals().pop("plan")  # the name spa.plan is the function (see __getattr__); the module stays spa_keras.plan
 
 __version__ = "0.1.0"
 
@@ -48,6 +45,20 @@ __all__ = sorted(_LAZY) + [
     "PruningError", "InvalidArgumentError", "RebuildError", "UnsupportedModelError", "CalibrationDataError",
     "ModelFileError", "NonFiniteWeightsError", "OutputExistsError", "MissingDependencyError",
 ]
+
+
+class _Package(type(_os)):
+    """The package's module type: importing a submodule whose name is also a public function's
+    (``spa_keras.plan``, ``spa_keras.finetune``) does not rebind ``spa.plan``/``spa.finetune`` to the
+    module; they stay the functions, and the modules stay in ``sys.modules``."""
+
+    def __setattr__(self, name, value):
+        if name in _LAZY and _LAZY[name][1] is not None and isinstance(value, type(_os)):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):

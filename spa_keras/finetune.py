@@ -1,5 +1,6 @@
 """A short fine-tuning helper, with knowledge distillation from the original model as an option, that
-runs under any ``tf.distribute.Strategy`` (Mirrored, MultiWorkerMirrored, TPU)."""
+runs under a ``tf.distribute.Strategy`` (Keras' ``fit``; under ``MultiWorkerMirroredStrategy``, where that
+does not run, a loop of its own)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,17 @@ def _clone(model):
     return copy
 
 
+class _FunctionLoss(keras.losses.Loss):
+    """A per-sample loss function as a Keras ``Loss`` (batch mean, scaled for tf.distribute)."""
+
+    def __init__(self, fn):
+        super().__init__(name=getattr(fn, "__name__", "loss"))
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
 class Distiller(keras.Model):
     """Trains ``student`` on ``alpha * hard_loss + (1 - alpha) * T^2 * KL(teacher_T || student_T)``,
     where ``_T`` are the softmax of the logits divided by the temperature ``T`` (Hinton et al.)."""
@@ -22,8 +34,12 @@ class Distiller(keras.Model):
         super().__init__(**kw)
         self.student, self.teacher = student, teacher
         self.teacher.trainable = False
-        self.hard_loss = keras.losses.get(hard_loss) if isinstance(hard_loss, str) else hard_loss
+        hard_loss = keras.losses.get(hard_loss) if isinstance(hard_loss, str) else hard_loss
+        # a Keras Loss averages over the batch (scaled for tf.distribute); a plain function is wrapped in one
+        self.hard_loss = hard_loss if isinstance(hard_loss, keras.losses.Loss) else \
+            _FunctionLoss(hard_loss)
         self.alpha, self.temperature, self.from_logits = float(alpha), float(temperature), from_logits
+        self.kl = keras.losses.KLDivergence()
 
     def call(self, x, training=False):
         return self.student(x, training=training)
@@ -33,10 +49,12 @@ class Distiller(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         t = self.temperature
-        hard = keras.ops.mean(self.hard_loss(y, y_pred))
+        hard = self.hard_loss(y, y_pred)
         teacher = keras.ops.softmax(self._logits(self.teacher(x, training=False)) / t)
-        student = keras.ops.log_softmax(self._logits(y_pred) / t)
-        soft = keras.ops.mean(keras.ops.sum(teacher * (keras.ops.log(keras.ops.clip(teacher, 1e-7, 1.0)) - student), -1))
+        student = keras.ops.softmax(self._logits(y_pred) / t)
+        # KL(teacher || student) through a Keras loss, whose batch mean is scaled for tf.distribute like
+        # the hard loss's (divided by the replica count; the optimizer sums the replicas' gradients)
+        soft = self.kl(teacher, student)
         return self.alpha * hard + (1.0 - self.alpha) * t * t * soft
 
 
@@ -72,6 +90,9 @@ def finetune(model, data, epochs: int = 1, teacher=None, loss=None, optimizer="a
         else:
             trainer = student
             trainer.compile(optimizer=opt, loss=loss, metrics=metrics)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return student, _fit_across_workers(trainer, data, int(epochs), strategy, batch_size, shuffle,
+                                            validation_data, metrics)
     if isinstance(data, tuple):
         x, y = data
         history = trainer.fit(x, y, epochs=int(epochs), batch_size=batch_size, validation_data=validation_data,
@@ -79,3 +100,74 @@ def finetune(model, data, epochs: int = 1, teacher=None, loss=None, optimizer="a
     else:
         history = trainer.fit(data, epochs=int(epochs), validation_data=validation_data, verbose=verbose)
     return student, history
+
+
+def _fit_across_workers(trainer, data, epochs, strategy, batch_size, shuffle, validation_data, metrics):
+    """The training loop under ``MultiWorkerMirroredStrategy``, where Keras 3's ``fit`` does not run (it
+    fails reducing the first distributed batch: keras-team/keras#20585). Each replica's loss is its mean
+    over its slice of each batch (:func:`_replica_slices`) weighted by its share, so the gradients the optimizer sums across
+    replicas are those of the whole batch's mean loss, as in one process. Returns a ``History`` with the
+    mean training loss per epoch."""
+    import tensorflow as tf
+
+    if validation_data is not None or metrics:
+        raise InvalidArgumentError("spa.finetune under MultiWorkerMirroredStrategy takes no validation_data or "
+                                   "metrics (Keras' fit, which computes them, does not run there): evaluate "
+                                   "the returned model afterwards")
+    if isinstance(data, tuple):
+        x, y = data
+        data = tf.data.Dataset.from_tensor_slices((x, y))
+        if shuffle:
+            data = data.shuffle(len(x), seed=0, reshuffle_each_iteration=True)
+        data = data.batch(batch_size or 32)
+    batches = strategy.distribute_datasets_from_function(lambda ctx: _replica_slices(data, ctx))
+    variables = trainer.trainable_variables
+
+    def step(x, y):
+        ctx = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            pred = trainer(x, training=True)
+            mean = trainer.compute_loss(x=x, y=y, y_pred=pred)  # Keras divides it by the replica count
+            local = tf.cast(tf.shape(pred)[0], mean.dtype)
+            share = local / ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
+            loss = mean * ctx.num_replicas_in_sync * share
+        trainer.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    @tf.function
+    def train(batch):
+        per = strategy.run(step, args=tuple(batch))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None)
+
+    history = keras.callbacks.History()
+    history.set_model(trainer)
+    history.on_train_begin()
+    for epoch in range(epochs):
+        losses = [float(train(batch)) for batch in batches]
+        history.on_epoch_end(epoch, {"loss": sum(losses) / max(len(losses), 1)})
+    return history
+
+
+def _replica_slices(data, ctx):
+    """The input of one worker: for every batch of ``data``, the contiguous slices of it that its replicas
+    take (replica ``k`` of ``n`` takes rows ``[size*k//n, size*(k+1)//n)``), one after the other. Every
+    sample is then in the step it is in without a strategy, which tf.data's automatic sharding does not
+    promise."""
+    import tensorflow as tf
+
+    n = ctx.num_replicas_in_sync
+    local = n // ctx.num_input_pipelines
+    first = ctx.input_pipeline_id * local
+
+    def cut(batch, k):
+        size, k = tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0], tf.cast(k, tf.int64)
+        lo, hi = size * k // n, size * (k + 1) // n
+        return tf.nest.map_structure(lambda t: t[lo:hi], batch)
+
+    def split(*batch):
+        batch = batch[0] if len(batch) == 1 else batch
+        return tf.data.Dataset.range(first, first + local).map(lambda k: cut(batch, k))
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return data.flat_map(split).with_options(options)
