@@ -1,5 +1,5 @@
 """Render the JSON results in benchmarks/results/ as the Markdown tables of docs/benchmarks.md, and the
-post-training results as docs/img/post_training.png (accuracy against MACs).
+plots in docs/img/ (post-training accuracy against MACs, data pruning, transformer perplexity).
 
     python benchmarks/render.py            # prints the tables, writes the plot
 """
@@ -10,6 +10,13 @@ import os
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _save(fig, path, dpi):
+    """Write the figure under a temporary name, then rename it into place."""
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
 
 
 def load(name):
@@ -218,9 +225,7 @@ def post_training_plot(data, path):
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="center right")
     fig.tight_layout(rect=(0, 0, 1 - 3.3 / fig.get_figwidth(), 1))
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    _save(fig, path, 110)
 
 
 SCORE_LABELS = {"dynamic_uncertainty": "Dynamic Uncertainty", "tdds": "TDDS"}
@@ -319,9 +324,75 @@ def data_pruning_plot(data, path):
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    _save(fig, path, 100)
+
+
+def _ppl(r) -> str:
+    if "perplexity" not in r:
+        return "error" if "error" in r else "missing"
+    return f"{r['perplexity']:.4f} (x{r['ratio_to_dense']:.3f})"
+
+
+def transformers_table(data) -> str:
+    """Perplexity per model (columns) and method/setting (rows), with parameters after and seconds."""
+    models = data["models"]
+    rows, seen = [], set()
+    for m in models.values():
+        for r in m.get("baselines", []) + m.get("spa", []):
+            key = (r["kind"], r["method"], r["setting"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(key)
+    head = "| kind | method | setting | " + " | ".join(
+        f"{f} (dense {m['dense']['test_perplexity']:.4f}, {m['params']:,} params)" for f, m in models.items()) + " |"
+    out = [head, "|" + "---|" * (3 + len(models))]
+    for kind, method, setting in rows:
+        cells = []
+        for m in models.values():
+            r = next((r for r in m.get("baselines", []) + m.get("spa", [])
+                      if (r["kind"], r["method"], r["setting"]) == (kind, method, setting)), None)
+            if r is None:
+                cells.append("")
+                continue
+            params = r.get("params_effective", r.get("params_after"))
+            cells.append(f"{_ppl(r)}, {params:,} params, {r['seconds']:.1f} s" if "perplexity" in r else _ppl(r))
+        out.append(f"| {kind} | {method} | {setting} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def transformers_goals(data) -> str:
+    out = ["| model | goal | result | met |", "|---|---|---|---|"]
+    for fam, m in data["models"].items():
+        for k, g in m.get("goals", {}).items():
+            detail = {kk: vv for kk, vv in g.items() if kk not in ("met", "rows")}
+            out.append(f"| {fam} | {k} | {json.dumps(detail)} | {g.get('met')} |")
+    return "\n".join(out)
+
+
+def transformers_plot(data, path):
+    """Perplexity / dense against parameters kept, one panel per model: the spa_keras rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = data["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
+    for ax, (fam, m) in zip(axes[0], models.items()):
+        by = {}
+        for r in m.get("spa", []):
+            if "perplexity" in r:
+                by.setdefault(r["method"], []).append((r["params_after"] / r["params_before"], r["ratio_to_dense"]))
+        for method, pts in sorted(by.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.axhline(1.0, color="k", lw=1, ls="--")
+        ax.set(title=f"{fam} (dense perplexity {m['dense']['test_perplexity']:.2f})", xlabel="parameters kept",
+               ylabel="perplexity / dense")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path, 100)
 
 
 if __name__ == "__main__":
@@ -342,6 +413,10 @@ if __name__ == "__main__":
     data = load("post_training_torch.json")
     if data is not None:
         print(f"## post_training_torch.json\n\n{torch_table(data)}\n")
+    data = load("transformers.json")
+    if data is not None:
+        print(f"## transformers.json\n\n{transformers_table(data)}\n\n{transformers_goals(data)}\n")
+        transformers_plot(data, os.path.join(HERE, "..", "docs", "img", "transformers.png"))
     for name, fn in (("zoo.json", zoo_table), ("any_time.json", any_time_table), ("onnx_zoo.json", onnx_table),
                      ("fuzz.json", fuzz_table)):
         data = load(name)

@@ -118,6 +118,18 @@ def _stream_groups(view, analysis) -> set:
     return groups
 
 
+def _warn_hidden(view, asked: float, removed: float, step=None):
+    """A warning that the residual stream lost another fraction of its width than ``hidden_ratio`` asked."""
+    import warnings
+
+    warnings.warn(
+        f"hidden_ratio={asked:g} removes {removed:.0%} of the residual stream of model {view.graph.name!r}: its "
+        "width moves only in steps that keep every block whole (where the head size is derived from the "
+        "hidden width, as in keras_hub's GPT-2, BERT and Llama, whole heads in every key/value group"
+        + (f"; {step} channels here" if step else "") + "). Ask for a reachable fraction, or use a family "
+        "whose head size is set on its own (Mistral, Gemma) to keep the heads", stacklevel=3)
+
+
 def _scores(view, analysis, cfg: PruningConfig):
     from . import criteria
 
@@ -162,7 +174,8 @@ def _plan(model, cfg: PruningConfig, verbose):
         scores[analysis.class_of[lay]] = (width - np.arange(width)) / width
         group_ratios[g] = (width - rotation.keep) / width
     elif cfg.hidden_ratio is not None:
-        group_ratios.update({g: cfg.hidden_ratio for g in _stream_groups(view, analysis)})
+        streams = _stream_groups(view, analysis)
+        group_ratios.update({g: cfg.hidden_ratio for g in streams})
     options = dict(global_pruning=cfg.global_pruning, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
                    group_ratios=group_ratios)
     if cfg.target_latency is not None:
@@ -177,6 +190,10 @@ def _plan(model, cfg: PruningConfig, verbose):
         result.record(target=goal, base=base, reached=counter(view.graph, result), measure=name[7:])
     else:
         result = select(analysis, scores, cfg.ratio, **options)
+    if rotation is None and cfg.hidden_ratio is not None:
+        removed = max(float(np.mean(result.removed_classes[analysis.groups[g].classes])) for g in streams)
+        if abs(removed - cfg.hidden_ratio) > 0.05:
+            _warn_hidden(view, cfg.hidden_ratio, removed)
     criterion = cfg.criterion if isinstance(cfg.criterion, str) else getattr(cfg.criterion, "__name__", "custom")
     result.attach(view).record(criterion=criterion)
     if rotation is not None:
@@ -207,10 +224,13 @@ def _rotated(view, analysis, cfg: PruningConfig, verbose):
     (g,) = streams
     width = analysis.groups[g].size
     fraction = cfg.hidden_ratio if cfg.hidden_ratio is not None else cfg.ratio
-    keep = width - int(math.floor(fraction * width + 1e-9))
+    asked = width - int(math.floor(fraction * width + 1e-9))
+    keep, step = asked, None
     for driver, _, factor in analysis.links:  # the hidden width must stay a multiple of the head size
         if driver == g:
-            keep = max(factor, keep // factor * factor)
+            keep, step = max(factor, keep // factor * factor), factor
+    if keep != asked:
+        _warn_hidden(view, fraction, 1 - keep / width, step)
     inputs = inputs_for(view, cfg.calibration_data, cfg.calibration_samples, cfg.data_free, 0, verbose)
     rotation = Rotation(view, analysis, g, inputs, max(1, keep))
     rotated = apply(PruningPlan.empty(analysis, view).compensate(rotation.arrays))

@@ -1,6 +1,8 @@
 """keras_hub transformers (GPT-2, Llama, Mistral, Gemma, BERT) pruned for real: tiny random configs,
 checked with the zero-channel oracle, generate(), a .keras round trip and the parameter count."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -205,6 +207,21 @@ def test_tied_embeddings_rotate_approximately_and_say_so():
     slim = pruner.prune(model)
     assert pruner.last_plan.settings["rotation_exact"] is False
     assert slim.backbone.get_config()["hidden_dim"] == 24 and slim.backbone.get_config()["num_heads"] == 3
+
+
+def test_an_unreachable_hidden_ratio_warns_with_what_was_removed():
+    # LlamaBackbone derives the head size (8) from hidden_dim: the stream moves in whole heads of both
+    # key/value groups, 16 channels, so a quarter of 32 cannot be removed; Mistral sets head_dim itself
+    calib = inputs("llama", 16)
+    with pytest.warns(UserWarning, match=r"hidden_ratio=0.25 removes 50% .*'llama_causal_lm'.*16 channels"):
+        slim = spa.prune(build("llama"), ratio=0.0, residual_stream="rotate", hidden_ratio=0.25,
+                         calibration_data=calib)
+    assert slim.backbone.get_config()["hidden_dim"] == 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        slim = spa.prune(build("mistral"), ratio=0.0, residual_stream="rotate", hidden_ratio=0.25,
+                         calibration_data=calib)
+    assert slim.backbone.get_config()["hidden_dim"] == 24 and slim.backbone.get_config()["num_query_heads"] == 4
 
 
 def test_bad_residual_stream_requests_are_clear_errors():
