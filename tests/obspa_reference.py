@@ -1,11 +1,16 @@
 """The OBSPA greedy search as it was before the blocked solver (``spa_keras.algorithms.obspa`` before
-issue 13): dense TensorFlow OBS updates of every consumer's whole matrix at every step. Kept only to
-check that the new solver gives the same scores."""
+issue 13): dense TensorFlow OBS updates of every consumer's whole matrix at every step, driven by the
+same greedy loop. Kept only to check that the new solver gives the same scores."""
 
-import math
 
 import numpy as np
 import tensorflow as tf
+
+from spa_keras.algorithms.obs_solver import (  # unchanged by the new solver
+    _greedy,
+    _rows_by_class,
+    remove_rows,
+)
 
 
 def _pp(hinv, rows):
@@ -18,35 +23,6 @@ def class_losses(w, hinv, rows) -> tf.Tensor:
     wp = tf.gather(w, rows)  # (n, m, out)
     sol = tf.linalg.solve(_pp(hinv, rows), wp)
     return tf.reduce_sum(wp * sol, axis=[1, 2])
-
-
-def remove_rows(w, hinv, rows):
-    """Remove the rows ``rows`` with the OBS update: ``(W', H⁻¹', loss)``; the removed rows of
-    ``W'`` are zero and ``H⁻¹'`` is the inverse Hessian of the rows that stay."""
-    rows = tf.constant(np.asarray(rows, np.int64))
-    hpp = tf.gather(tf.gather(hinv, rows), rows, axis=1)
-    wp = tf.gather(w, rows)
-    sol = tf.linalg.solve(hpp, wp)
-    loss = tf.reduce_sum(wp * sol)
-    col = tf.gather(hinv, rows, axis=1)
-    w = w - col @ sol
-    hinv = hinv - col @ tf.linalg.solve(hpp, tf.gather(hinv, rows))
-    keep = tf.tensor_scatter_nd_update(tf.ones(w.shape[0], tf.float64), rows[:, None],
-                                       tf.zeros(rows.shape[0], tf.float64))
-    w = w * keep[:, None]
-    hinv = hinv * keep[:, None] * keep[None, :]
-    return w, hinv, loss
-
-
-def _rows_by_class(row_cls: np.ndarray, classes: np.ndarray):
-    """``(classes present, rows (n, m))`` when every class has the same number of rows, else None."""
-    present = [c for c in classes if np.any(row_cls == c)]
-    if not present:
-        return None
-    rows = [np.nonzero(row_cls == c)[0] for c in present]
-    if len({len(r) for r in rows}) != 1:
-        return None
-    return np.asarray(present, np.int64), np.stack(rows)
 
 
 class _Part:
@@ -66,8 +42,8 @@ class _Part:
         cur = tf.constant(self.where[self.rows[live]])
         return self.idx[live], class_losses(self.w, self.hinv, cur).numpy()
 
-    def remove(self, take) -> float:
-        hit = np.isin(self.idx, take)
+    def remove(self, taken) -> float:
+        hit = taken[self.idx]
         if not hit.any():
             return 0.0
         gone = self.where[self.rows[hit].ravel()]
@@ -104,24 +80,4 @@ def group_scores(group, consumers, states, progress, blocks: int):
         energy += float(np.sum(w.numpy() * (h @ w.numpy())))
     if not parts or not covered.all():
         return None
-    alive = np.ones(n, bool)
-    scores = np.full(n, np.nan)
-    block = max(1, int(math.ceil(n / blocks)))
-    cumulative = 0.0
-    while alive.sum() > 1:
-        total = np.zeros(n)
-        for part in parts:
-            idx, loss = part.losses(alive)
-            total[idx] += loss
-        cand = np.nonzero(alive)[0]
-        take = cand[np.argsort(total[cand], kind="stable")[: min(block, len(cand) - 1)]]
-        before = cumulative
-        for part in parts:
-            cumulative += part.remove(take)
-        step = max(cumulative - before, 0.0)
-        scores[take] = before + step * (np.arange(1, len(take) + 1) / len(take))
-        alive[take] = False
-        if progress is not None:
-            progress.update(len(take))
-    scores[alive] = cumulative * 1.01 + 1e-12 + (scores[~alive].max(initial=0.0) if (~alive).any() else 0.0)
-    return scores / max(energy, 1e-30)
+    return _greedy(parts, n, blocks, progress) / max(energy, 1e-30)
