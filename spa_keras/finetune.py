@@ -105,9 +105,9 @@ def finetune(model, data, epochs: int = 1, teacher=None, loss=None, optimizer="a
 def _fit_across_workers(trainer, data, epochs, strategy, batch_size, shuffle, validation_data, metrics):
     """The training loop under ``MultiWorkerMirroredStrategy``, where Keras 3's ``fit`` does not run (it
     fails reducing the first distributed batch: keras-team/keras#20585). Each replica's loss is its mean
-    over its slice of each batch (:func:`_replica_slices`) weighted by its share, so the gradients the optimizer sums across
-    replicas are those of the whole batch's mean loss, as in one process. Returns a ``History`` with the
-    mean training loss per epoch."""
+    over its slice of each batch (:func:`_replica_slices`) weighted by its share, so the gradients the
+    optimizer sums across replicas are those of the whole batch's mean loss, as in one process. Returns a
+    ``History`` with the mean training loss per epoch."""
     import tensorflow as tf
 
     if validation_data is not None or metrics:
