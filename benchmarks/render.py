@@ -375,6 +375,7 @@ def transformers_plot(data, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     models = data["models"]
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
@@ -383,12 +384,17 @@ def transformers_plot(data, path):
         for r in m.get("spa", []):
             if "perplexity" in r:
                 by.setdefault(r["method"], []).append((r["params_after"] / r["params_before"], r["ratio_to_dense"]))
-        for method, pts in sorted(by.items()):
+        for i, (method, pts) in enumerate(sorted(by.items())):
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "os^Dv"[i % 5] + "-", color=plt.cm.tab20.colors[i % 20],
+                    label=method)
         ax.axhline(1.0, color="k", lw=1, ls="--")
         ax.set(title=f"{fam} (dense perplexity {m['dense']['test_perplexity']:.2f})", xlabel="parameters kept",
-               ylabel="perplexity / dense")
+               ylabel="perplexity / dense (log scale)", yscale="log")
+        top = max(p[1] for pts in by.values() for p in pts)
+        ax.set_yticks([t for t in (1, 1.1, 1.25, 1.5, 2, 3, 5, 10, 20, 30, 50) if t <= top * 1.2])
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
