@@ -16,14 +16,9 @@ from . import config as _config
 from .config import DATA, RECIPE, RUN, PruningConfig, check_names, resolve
 from .errors import InvalidArgumentError, OutputExistsError
 from .graph import analyse
-from .metrics import count_macs, count_params
+from .metrics import count_macs, count_params, is_onnx
 from .plan import PruningPlan, resolve_target, search, select
 from .report import Report, held_fixed
-
-
-def _is_onnx(model) -> bool:
-    """An ``onnx.ModelProto`` (checked by module, so that ONNX is not imported for Keras models)."""
-    return type(model).__module__.startswith("onnx")
 
 
 def _frontend_options(cfg: PruningConfig | None) -> dict:
@@ -50,7 +45,7 @@ def read_model(model, cfg: PruningConfig | None = None):
         from .io import load_model
 
         model = load_model(path)
-    if _is_onnx(model):
+    if is_onnx(model):
         from .frontends.onnx import from_onnx_model
 
         return from_onnx_model(model)
@@ -461,7 +456,7 @@ def _save(model, output, overwrite):
         return model
     from .io import save_model, save_onnx
 
-    (save_onnx if _is_onnx(model) else save_model)(model, os.fspath(output), overwrite)
+    (save_onnx if is_onnx(model) else save_model)(model, os.fspath(output), overwrite)
     return model
 
 

@@ -135,15 +135,12 @@ def _load(path, command):
     return load_model(path)
 
 
-def _is_onnx(model):
-    return type(model).__module__.startswith("onnx")
-
-
 def _input_shape(model):
     """The model's single input shape without the batch axis (``None`` for unknown sizes)."""
     from spa_keras.errors import InvalidArgumentError
+    from spa_keras.metrics import is_onnx
 
-    if _is_onnx(model):
+    if is_onnx(model):
         inits = {i.name for i in model.graph.initializer}
         inputs = [i for i in model.graph.input if i.name not in inits]
         shapes = [tuple(d.dim_value or None for d in i.type.tensor_type.shape.dim)[1:] for i in inputs]
@@ -273,6 +270,7 @@ def cmd_prune(args) -> int:
 def cmd_export(args) -> int:
     import spa_keras as spa
     from spa_keras.errors import InvalidArgumentError, OutputExistsError
+    from spa_keras.metrics import is_onnx
 
     if not args.serving and not args.onnx:
         raise InvalidArgumentError("nothing to do: give --serving DIR and/or --onnx PATH")
@@ -295,7 +293,7 @@ def cmd_export(args) -> int:
     with _Progress(1 + bool(args.serving) + bool(args.onnx), args.quiet) as stage:
         stage("loading model")
         model = _load(args.model, "export")
-        if _is_onnx(model):
+        if is_onnx(model):
             if args.onnx:
                 raise InvalidArgumentError(f"{args.model!r} is already ONNX; --onnx converts Keras models")
             model = spa.from_onnx(model)
@@ -381,12 +379,11 @@ def cmd_bench(args) -> int:
 def _timings(model, timing, eager):
     """The serving-path timing of a model (a Keras model as exported: BatchNorm folded, traced once; an
     ONNX model in onnxruntime; a SavedModel signature as it is), and eager calls of a Keras model."""
-    from spa_keras.metrics import measure_latency
+    from spa_keras.latency import serving_latency
+    from spa_keras.metrics import is_keras, measure_latency
 
-    if not _is_onnx(model) and not hasattr(model, "structured_input_signature"):
-        from spa_keras.backends.fold import fold_batchnorm
-
-        r = measure_latency(fold_batchnorm(model), mode="serving", **timing)
+    if is_keras(model):
+        r = serving_latency(model, **timing)
         if eager:
             r["eager"] = measure_latency(model, mode="eager", **timing)
         return r

@@ -181,12 +181,12 @@ def _signature_config(layer) -> dict:
     return {k: cfg[k] for k in keep if k in cfg}
 
 
-def serving_latency(model, batch_size: int, repeats: int = 20) -> dict:
+def serving_latency(model, batch_size: int, repeats: int = 20, warmup: int = 3) -> dict:
     """The measured serving latency of a Keras model as exported (BatchNorm folded, traced once)."""
     from .backends.fold import fold_batchnorm
     from .metrics import measure_latency
 
-    return measure_latency(fold_batchnorm(model), batch_size=batch_size, repeats=repeats, warmup=3)
+    return measure_latency(fold_batchnorm(model), batch_size=batch_size, repeats=repeats, warmup=warmup)
 
 
 def search_latency(view, analysis, scores, fraction: float, batch_size: int, options: dict,

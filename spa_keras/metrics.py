@@ -62,7 +62,7 @@ def _runner(model, batch_size, input_data, mode="serving"):
     """``(call, batch_size)``: a function running ``model`` once on a fixed batch (a Keras model traced
     once in a ``tf.function`` for ``mode="serving"``, called eagerly for ``"eager"``)."""
     rng = np.random.default_rng(0)
-    if _is_onnx(model):
+    if is_onnx(model):
         from onnx import helper
 
         from .frontends.onnx.runtime import session as ort_session
@@ -167,16 +167,18 @@ def measure_latency(model, batch_size: int = 8, repeats: int = 20, warmup: int =
     median = float(np.median(times))
     return {"median_s": median, "best_s": float(np.min(times)), "batch_size": int(batch_size),
             "samples_per_s": float(batch_size / median) if median > 0 else float("inf"), "repeats": int(repeats),
-            "mode": mode if _is_keras(model) else ("onnxruntime" if _is_onnx(model) else "signature"),
+            "mode": mode if is_keras(model) else ("onnxruntime" if is_onnx(model) else "signature"),
             "load": load}
 
 
-def _is_onnx(model) -> bool:
+def is_onnx(model) -> bool:
+    """An ``onnx.ModelProto`` (checked by module, so that ONNX is not imported for Keras models)."""
     return type(model).__module__.startswith("onnx")
 
 
-def _is_keras(model) -> bool:
-    return not _is_onnx(model) and not hasattr(model, "structured_input_signature")
+def is_keras(model) -> bool:
+    """A Keras model (not ONNX, not a SavedModel signature)."""
+    return not is_onnx(model) and not hasattr(model, "structured_input_signature")
 
 
 def load_average() -> float | None:
@@ -191,7 +193,6 @@ def wait_for_quiet(max_load: float = 1.5, timeout: float = 600.0, poll: float = 
     """Wait until the 1-minute load average is below ``max_load`` (at most ``timeout`` seconds) and
     return it: latency is only worth recording on a quiet machine. Benchmarks record what it returns
     next to each figure, and say when the wait ran out."""
-    import os
 
     deadline = time.monotonic() + timeout
     load = load_average()
