@@ -120,9 +120,9 @@ def _warn_hidden(view, asked: float, removed: float, step=None):
     warnings.warn(
         f"hidden_ratio={asked:g} removes {removed:.0%} of the residual stream of model {view.graph.name!r}: its "
         "width moves only in steps that keep every block whole (where the head size is derived from the "
-        "hidden width, as in keras_hub's GPT-2, BERT and Llama, whole heads in every key/value group"
-        + (f"; {step} channels here" if step else "") + "). Ask for a reachable fraction, or use a family "
-        "whose head size is set on its own (Mistral, Gemma) to keep the heads", stacklevel=3)
+        "hidden width, as in keras_hub's GPT-2, BERT and Llama: whole heads in every key/value group, or, "
+        "with residual_stream='rotate', one dimension of every head, two for rotary heads"
+        + (f"; {step} channels here" if step else "") + "). Ask for a reachable fraction", stacklevel=3)
 
 
 def _scores(view, analysis, cfg: PruningConfig):
@@ -168,6 +168,9 @@ def _plan(model, cfg: PruningConfig, verbose):
         width = len(lay)
         scores[analysis.class_of[lay]] = (width - np.arange(width)) / width
         group_ratios[g] = (width - rotation.keep) / width
+        blocks = [n for n in view.graph.nodes if n.attrs.get("head_dim") and n.attrs.get("attention")]
+        for node, head in zip(blocks, rotation.head_scores):  # every head keeps its first dimensions
+            scores[analysis.class_of[analysis.layouts[node.outputs[-2]]]] = head
     elif cfg.hidden_ratio is not None:
         streams = _stream_groups(view, analysis)
         group_ratios.update({g: cfg.hidden_ratio for g in streams})
@@ -221,9 +224,10 @@ def _rotated(view, analysis, cfg: PruningConfig, verbose):
     fraction = cfg.hidden_ratio if cfg.hidden_ratio is not None else cfg.ratio
     asked = width - int(math.floor(fraction * width + 1e-9))
     keep, step = asked, None
-    for driver, _, factor in analysis.links:  # the hidden width must stay a multiple of the head size
+    for driver, _, factor, multiple in analysis.links:  # the hidden width moves in whole steps of the heads
         if driver == g:
-            keep, step = max(factor, keep // factor * factor), factor
+            step = factor * multiple
+            keep = max(step, keep // step * step)
     if keep != asked:
         _warn_hidden(view, fraction, 1 - keep / width, step)
     inputs = inputs_for(view, cfg.calibration_data, cfg.calibration_samples, cfg.data_free, 0, verbose)

@@ -240,9 +240,9 @@ def select(analysis: Analysis, scores: np.ndarray, ratio: float, **options) -> P
     for ts in analysis.tie_sets:  # groups tied by count lose the same number (the fewest any asks for)
         k = min(counts[g] for g in ts)
         counts.update({g: k for g in ts})
-    for driver, follower, factor in analysis.links:  # the follower keeps one class per `factor` the driver keeps
+    for driver, follower, factor, multiple in analysis.links:  # one follower class per `factor` the driver keeps
         n_d, n_f = analysis.groups[driver].size, analysis.groups[follower].size
-        kept = max(1, min(n_f, (n_d - counts[driver]) // factor))
+        kept = max(multiple, min(n_f, (n_d - counts[driver]) // factor // multiple * multiple))
         counts[follower] = n_f - kept
         counts[driver] = max(counts[driver], n_d - kept * factor)
     for g in analysis.groups:

@@ -206,17 +206,74 @@ def test_tied_embeddings_rotate_approximately_and_say_so():
     pruner = spa.Pruner(ratio=0.0, residual_stream="rotate", hidden_ratio=0.25, calibration_data=inputs("gpt2", 32))
     slim = pruner.prune(model)
     assert pruner.last_plan.settings["rotation_exact"] is False
-    assert slim.backbone.get_config()["hidden_dim"] == 24 and slim.backbone.get_config()["num_heads"] == 3
+    # head size hidden_dim // heads: every head gives up a quarter of its size, and the heads stay
+    assert slim.backbone.get_config()["hidden_dim"] == 24 and slim.backbone.get_config()["num_heads"] == 4
+
+
+def test_reshaping_every_head_with_nothing_dropped_keeps_the_logits():
+    # GPT-2: queries and keys, values and outputs of each head turned onto their principal directions,
+    # the value bias moved into the output bias; exact where the final norm before the tied head has a
+    # scale of one and no offset (its embedding is centred as a writer of the stream, and read again)
+    model = build("gpt2")
+    model.backbone.get_layer("layer_norm").gamma.assign(np.ones(32, "float32"))
+    model.backbone.get_layer("layer_norm").beta.assign(np.zeros(32, "float32"))
+    x, calib = inputs("gpt2", n=8, seed=5), inputs("gpt2", n=48, seed=7)
+    ref = np.asarray(model(x))
+    same = spa.prune(model, ratio=0.0, residual_stream="rotate", hidden_ratio=0.0, calibration_data=calib)
+    assert np.abs(np.asarray(same(x)) - ref).max() < 1e-5 * max(1.0, np.abs(ref).max())
+    old = model.backbone.get_layer("transformer_layer_0")._self_attention_layer._query_dense.kernel.numpy()
+    new = same.backbone.get_layer("transformer_layer_0")._self_attention_layer._query_dense.kernel.numpy()
+    assert not np.allclose(np.abs(old).sum(0), np.abs(new).sum(0), rtol=0.1)  # each head's dimensions changed
+
+
+def test_a_rotary_model_narrows_every_head_exactly_against_the_oracle(tmp_path):
+    # Llama: hidden 32, 4 query heads of 8. A quarter of the stream takes one frequency pair of every head
+    # (the heads stay); the rotary base follows so that the pairs kept turn as they did
+    model = build("llama")
+    x, calib = inputs("llama", n=4, seed=5), inputs("llama", n=48, seed=7)
+    for hidden, size in ((0.25, 6), (0.5, 4)):
+        pruner = spa.Pruner(ratio=0.0, residual_stream="rotate", hidden_ratio=hidden, calibration_data=calib)
+        slim = pruner.prune(model)
+        plan = pruner.last_plan
+        cfg = slim.backbone.get_config()
+        assert (cfg["hidden_dim"], cfg["num_query_heads"], cfg["num_key_value_heads"]) == (size * 4, 4, 2)
+        kept = np.nonzero(plan.keep_mask(plan.analysis.layouts[[n for n in plan.graph.nodes
+                                                                 if n.kind == "transformer"][0].outputs[-2]]))[0]
+        stride = kept[1] - kept[0]
+        assert list(kept) == [f + half for half in (0, 4) for f in range(0, size // 2 * stride, stride)]
+        assert cfg["rope_max_wavelength"] == pytest.approx(10000 ** (stride * size / 8))
+        v = verify(plan.source, plan, slim, x)
+        assert v["passed"] and v["max_abs_diff"] < 1e-4 * max(v["scale"], 1), v
+        assert slim.count_params() == count_params(plan.graph, plan)
+    path = str(tmp_path / "slim.keras")
+    slim.save(path)
+    np.testing.assert_allclose(np.asarray(keras.saving.load_model(path)(x)), np.asarray(slim(x)), atol=1e-6)
+    slim.compile(sampler="greedy")
+    reference = zeroed_copy(plan.source, plan)
+    reference.compile(sampler="greedy")
+    prompt = {k: np.pad(a[:, :5], ((0, 0), (0, 7))) for k, a in x.items()}
+    assert np.array_equal(slim.generate(prompt, stop_token_ids=None)["token_ids"],
+                          reference.generate(prompt, stop_token_ids=None)["token_ids"])
+
+
+def test_rotary_heads_can_only_lose_what_a_base_wavelength_can_write():
+    from spa_keras.backends.keras_hub import _rope_base
+
+    assert _rope_base(10000, np.arange(8), 8, None) == 10000
+    assert _rope_base(10000, np.array([0, 1, 4, 5]), 8, None) == pytest.approx(100.0)  # pairs 0, 1: base^(4/8)
+    assert _rope_base(10000, np.array([0, 2, 4, 6]), 8, None) == pytest.approx(10000.0)  # pairs 0, 2: base^(2*4/8)
+    with pytest.raises(spa.RebuildError, match=r"frequency pairs \(f, f \+ 4\)"):
+        _rope_base(10000, np.array([1, 2, 5, 6]), 8, build("llama").backbone)
 
 
 def test_an_unreachable_hidden_ratio_warns_with_what_was_removed():
-    # LlamaBackbone derives the head size (8) from hidden_dim: the stream moves in whole heads of both
-    # key/value groups, 16 channels, so a quarter of 32 cannot be removed; Mistral sets head_dim itself
+    # LlamaBackbone derives the head size (8) from hidden_dim: a rotated stream moves one frequency pair of
+    # each of the 4 heads at a time, 8 channels, so a tenth of 32 cannot be removed; Mistral sets head_dim
     calib = inputs("llama", 16)
-    with pytest.warns(UserWarning, match=r"hidden_ratio=0.25 removes 50% .*'llama_causal_lm[^']*'.*16 channels"):
-        slim = spa.prune(build("llama"), ratio=0.0, residual_stream="rotate", hidden_ratio=0.25,
+    with pytest.warns(UserWarning, match=r"hidden_ratio=0.1 removes 25% .*'llama_causal_lm[^']*'.*8 channels"):
+        slim = spa.prune(build("llama"), ratio=0.0, residual_stream="rotate", hidden_ratio=0.1,
                          calibration_data=calib)
-    assert slim.backbone.get_config()["hidden_dim"] == 16
+    assert slim.backbone.get_config()["hidden_dim"] == 24
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         slim = spa.prune(build("mistral"), ratio=0.0, residual_stream="rotate", hidden_ratio=0.25,

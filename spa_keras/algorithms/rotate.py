@@ -19,6 +19,13 @@ LayerNorm the kept coordinates must themselves have zero mean: the kept block is
 ``[u_1 … u_{D'-1}, 1/√D] H`` (``H`` a Householder reflection taking the all-ones vector to the last
 axis), so ``D' - 1`` principal directions are kept and LayerNorm's centring stays exact.
 
+4. **Reshape the heads** where the head size is ``hidden_dim // heads`` (keras_hub's GPT-2 and Llama):
+   a narrower stream must narrow every head, so each head's dimensions are ordered first. Values and
+   outputs, and (without a rotary embedding) queries and keys, are turned onto their principal
+   directions by invertible maps within the head; rotary heads keep evenly spaced frequency pairs
+   (:meth:`Rotation._choose_frequencies`) and the rebuild sets the base wavelength that turns them as
+   before.
+
 With ``D' = D`` the rotated model computes what the original does (to float precision). Where a norm's
 readers cannot take its scale (an embedding tied to the output head also writes the stream), the norm
 keeps its scale, rotated approximately (``diag(Qᵀ diag(γ) Q)``), and the model is no longer exactly
@@ -45,8 +52,9 @@ def _contract(value: np.ndarray, axis: int, q: np.ndarray) -> np.ndarray:
 class Rotation:
     """The rotated weights of a model whose stream (one group of the analysis) is rotated and cut to
     ``keep`` channels. ``arrays``: ``{parameter key: full-width array}`` (the plan's compensation);
-    ``order``: the stream's channel positions, most important first; ``exact``: whether every norm
-    could be folded."""
+    ``order``: the stream's channel positions, most important first; ``head_scores``: for each block
+    whose head size follows the stream (``attrs["head_dim"]``), its head dimensions' scores (the plan
+    keeps the highest in every head); ``exact``: whether every norm could be folded."""
 
     def __init__(self, model, analysis, stream_group: int, inputs, keep: int, batch_size: int = 32):
         self.model, self.analysis, self.graph = model, analysis, analysis.graph
@@ -71,9 +79,12 @@ class Rotation:
         self._fold()
         if self.layer_norm:
             self._centre()
-        cov = self._second_moment(inputs, batch_size)
+        self.blocks = [n for n in self.graph.nodes if n.attrs.get("head_dim") and n.attrs.get("attention")]
+        cov, reads = self._second_moment(inputs, batch_size)
         self.q = self._basis(cov)
         self._rotate()
+        self.head_scores = [self._reshape_heads(node, self._kept_read(reads[node.inputs[0]])) for node in self.blocks]
+        self._choose_frequencies()
         self.arrays = self.values
         self.order = np.arange(self.width)
 
@@ -198,11 +209,13 @@ class Rotation:
             self.values[p.key] = w - w.mean(axis=axis, keepdims=True)
 
     # ---- 3. rotate ------------------------------------------------------------------------------------------
-    def _second_moment(self, inputs, batch_size) -> np.ndarray:
+    def _second_moment(self, inputs, batch_size) -> tuple:
         """``Σ x xᵀ`` over the stream's points on the calibration samples (padded positions left out),
-        centred per position for LayerNorm models."""
+        centred per position for LayerNorm models; and, at the input of each block whose heads are
+        reshaped, ``Σ [x̂, 1][x̂, 1]ᵀ`` of what its attention reads (``x̂``: the normalised stream)."""
         mask_at = next((i for i, s in enumerate(self.model.input_specs()) if s.name == "padding_mask"), None)
         cov = np.zeros((self.width, self.width))
+        reads = {n.inputs[0]: np.zeros((self.width + 1, self.width + 1)) for n in self.blocks}
         n = len(inputs[0])
         for start in range(0, n, batch_size):
             batch = [a[start:start + batch_size] for a in inputs]
@@ -215,7 +228,11 @@ class Rotation:
                 if weight is not None and len(weight) == len(x):
                     x = x * np.sqrt(weight)[:, None]
                 cov += x.T @ x
-        return cov
+                if t in reads:  # a padded row is zero: so are its x̂ and its 1
+                    one = np.ones((len(x), 1)) if weight is None or len(weight) != len(x) else np.sqrt(weight)[:, None]
+                    a = np.hstack([x / np.sqrt(np.mean(x * x, axis=1, keepdims=True) + 1e-6), one])
+                    reads[t] += a.T @ a
+        return cov, reads
 
     def _basis(self, cov) -> np.ndarray:
         """``Q`` (D×D, orthogonal): the first ``keep`` columns span what is kept."""
@@ -248,6 +265,93 @@ class Rotation:
                             self.values[p.key] = _rotated_diagonal(value, self.q, node.attrs.get("norm"))
                     else:  # writers W Q, readers Qᵀ R and a norm's offset β Q: the same contraction
                         self.values[p.key] = _contract(value, axis, self.q)
+
+
+    # ---- 4. reshape every head (blocks whose head size is hidden_dim // heads) -------------------------
+    def _param(self, node, name):
+        return next((p for p in node.params if p.name.endswith("/" + name)), None)
+
+    def _kept_read(self, read) -> np.ndarray:
+        """A block's ``E [x̂, 1][x̂, 1]ᵀ`` in the kept, rotated coordinates (the last is the constant 1),
+        damped."""
+        k = self.keep
+        basis = np.zeros((self.width + 1, k + 1))
+        basis[:-1, :-1], basis[-1, -1] = self.q[:, :k], 1.0
+        read = basis.T @ read @ basis / max(read[-1, -1], 1.0)
+        return read + np.eye(k + 1) * 1e-3 * np.mean(np.diag(read)[:-1])
+
+    def _reshape_heads(self, node, read) -> np.ndarray:
+        """Make each head's dimensions ordered, most useful first, so that the plan can drop the last of
+        them in every head (a narrower stream takes the same share of every head's size, not whole heads).
+
+        Values and outputs: for the values ``V_g`` of a key/value head and the output rows ``O_h`` of
+        its query heads, any invertible ``T`` gives ``(V T)(T⁻¹ O) = V O``; ``T`` whitens what the values
+        read (``L``, the Cholesky factor of its second moment) and takes the singular directions of
+        ``Lᵀ V O``. The value bias moves into the output bias first (attention weights sum to one).
+        Queries and keys (no rotary embedding): ``(Q T)(K T⁻ᵀ)ᵀ = Q Kᵀ``, with ``T`` from the singular
+        directions of ``Lᵀ Q Kᵀ L`` (biases as a last row of ``Q`` and ``K``, read by a constant 1).
+        Rotary heads keep their query and key dimensions (:meth:`_choose_frequencies` picks the pairs).
+        Returns the dimensions' scores (one shared order for every head of the block)."""
+        names = node.attrs["attention"]
+        k = self.keep
+        wq, wk, wv, wo = (self._value(self._param(node, names[x] + "/kernel")) for x in "qkvo")
+        bias = {x: self._param(node, names[x] + "/bias") for x in "qkvo"} if names["biases"] else {}
+        bq, bk, bv, bo = (self._value(bias[x]) if bias.get(x) is not None else None for x in "qkvo")
+        h, kv, hd = wq.shape[1], wk.shape[1], wq.shape[2]
+        group = h // kv
+        if bv is not None and bo is not None:  # softmax rows sum to one: b_v O reaches the output as a constant
+            self.values[bias["o"].key] = bo + sum(bv[g] @ wo[g * group + j] for g in range(kv) for j in range(group))
+            self.values[bias["v"].key] = bv = np.zeros_like(bv)
+        lx = np.linalg.cholesky(read[:k, :k])
+        for g in range(kv):  # values and outputs
+            heads = range(g * group, (g + 1) * group)
+            r = np.linalg.qr(lx.T @ wv[:k, g, :], mode="r")
+            u = np.linalg.svd(r @ np.hstack([wo[j][:, :k] for j in heads]))[0]
+            wv[:, g, :] = wv[:, g, :] @ np.linalg.solve(r, u)
+            for j in heads:
+                wo[j] = u.T @ r @ wo[j]
+        if names["rope"]:
+            return np.zeros(hd)  # the frequency pairs are chosen across all blocks
+        la = np.linalg.cholesky(read) if bq is not None else lx
+        for j in range(h):  # queries and keys (one key head a query head: no rotary embedding, no groups)
+            aq = wq[:k, j, :] if bq is None else np.vstack([wq[:k, j, :], bq[j]])
+            ak = wk[:k, j, :] if bk is None else np.vstack([wk[:k, j, :], bk[j]])
+            rq, rk = np.linalg.qr(la.T @ aq, mode="r"), np.linalg.qr(la.T @ ak, mode="r")
+            u, sv, vt = np.linalg.svd(rq @ rk.T)
+            tq, tk = np.linalg.solve(rq, u * np.sqrt(sv)), np.linalg.solve(rk, vt.T * np.sqrt(sv))
+            wq[:, j, :], wk[:, j, :] = wq[:, j, :] @ tq, wk[:, j, :] @ tk
+            if bq is not None:
+                bq[j], bk[j] = bq[j] @ tq, bk[j] @ tk
+        return (hd - np.arange(hd)) / hd
+
+    def _choose_frequencies(self):
+        """Rotary heads keep the frequency pairs ``f = 0, s, 2s, …`` (the only sets a narrower head can
+        turn at the same frequencies), with the widest stride ``s``: the kept wavelengths still span
+        the range the heads were trained with, from the fastest pair to the slowest that fits. On the
+        benchmark's Llama (16 pairs, 8 kept) that is x10.1 of dense perplexity against x14.9 for the
+        first 8 pairs, although the first 8 change the sampled attention outputs less. Then each head's
+        strongest value directions move onto the dimensions kept."""
+        rotary = [i for i, n in enumerate(self.blocks) if n.attrs["attention"]["rope"]]
+        if not rotary:
+            return
+        names = self.blocks[rotary[0]].attrs["attention"]
+        hd = self._value(self._param(self.blocks[rotary[0]], names["q"] + "/kernel")).shape[2]
+        half, pairs = hd // 2, max(1, self.keep * hd // self.width // 2)
+        stride = (half - 1) // (pairs - 1) if pairs > 1 else 1
+        low = np.arange(pairs) * stride
+        kept = np.concatenate([low, low + half])
+        dropped = np.setdiff1d(np.arange(hd), kept)
+        where = np.concatenate([kept, dropped])  # value component j goes to dimension where[j]
+        scores = np.zeros(hd)
+        scores[where] = (hd - np.arange(hd)) / hd
+        for i in rotary:
+            node = self.blocks[i]
+            wv, wo = (self._value(self._param(node, names[x] + "/kernel")) for x in "vo")
+            self.values[self._param(node, names["v"] + "/kernel").key] = wv2 = np.empty_like(wv)
+            wv2[:, :, where] = wv
+            self.values[self._param(node, names["o"] + "/kernel").key] = wo2 = np.empty_like(wo)
+            wo2[:, where, :] = wo
+            self.head_scores[i] = scores
 
 
 def _householder(v: np.ndarray, k: int) -> np.ndarray:

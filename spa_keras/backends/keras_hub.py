@@ -61,15 +61,45 @@ def new_config(kg, plan, backbone) -> tuple[dict, float]:
         if fam.derived_head_size:
             hd = blocks[0].outputs[-2]
             heads = cfg.get(fam.config["heads"])
-            if heads and new // heads != kg.graph.tensors[hd].channels:
+            if heads and new // heads != plan.width(hd):
                 raise RebuildError(
                     f"{type(backbone).__name__} derives its head size from hidden_dim // heads: {new} // {heads} "
-                    f"is not {kg.graph.tensors[hd].channels}; keep the hidden width a multiple of the head size")
+                    f"is not {plan.width(hd)}; keep the hidden width a multiple of the head size")
+        if fam.rope and cfg.get(fam.rope):
+            cfg[fam.rope] = _rope_base(cfg[fam.rope], *_kept_dims(plan, blocks), backbone)
     params = inspect.signature(type(backbone).__init__).parameters
     emb = getattr(backbone, "token_embedding", None)
     if "tie_word_embeddings" in params and "tie_word_embeddings" not in cfg and emb is not None:
         cfg["tie_word_embeddings"] = bool(getattr(emb, "tie_weights", False))  # get_config leaves it out
     return cfg, ratio
+
+
+def _kept_dims(plan, blocks) -> tuple[np.ndarray, int]:
+    """The head dimensions every block keeps (the same in all: one rotary base serves the model), and
+    the head size they come from."""
+    layouts = [plan.analysis.layouts[n.outputs[-2]] for n in blocks]
+    kept = [np.nonzero(plan.keep_mask(lay))[0] for lay in layouts]
+    if any(len(k) != len(kept[0]) or (k != kept[0]).any() for k in kept[1:]):
+        raise RebuildError("the blocks would keep different head dimensions; one rotary embedding serves them all")
+    return kept[0], len(layouts[0])
+
+
+def _rope_base(base, kept: np.ndarray, hd: int, backbone):
+    """The rotary base wavelength for heads that keep the dimensions ``kept`` of ``hd``.
+
+    keras_hub's rotary embedding pairs dimension ``f`` with ``f + hd/2`` and turns the pair at the
+    frequency ``base ** (-2f / hd)``. A head that keeps the pairs ``f = 0, s, 2s, …`` (``hd'/2`` of them)
+    computes what it did with the base ``base ** (s * hd' / hd)``; no other choice can be written."""
+    if len(kept) == hd:
+        return base
+    half = hd // 2
+    low, high = kept[kept < half], kept[kept >= half] - half
+    stride = int(low[1] - low[0]) if len(low) > 1 else 1
+    if len(low) != len(high) or (low != high).any() or (low != stride * np.arange(len(low))).any():
+        raise RebuildError(
+            f"{type(backbone).__name__}: its rotary heads can only keep the frequency pairs (f, f + {half}) for "
+            f"f = 0, s, 2s, ... (a base wavelength keras_hub can write), not the dimensions {kept.tolist()}")
+    return float(base) ** (stride * len(kept) / hd)
 
 
 def _qualified(obj) -> str:

@@ -167,11 +167,11 @@ class Analysis:
                 self.untied.append(tensors)
             elif len(gids) > 1:
                 self.tie_sets.append(gids)
-        self.links = []  # (driver group, follower group, factor)
-        for driver, follower, factor in self.graph.count_links:
+        self.links = []  # (driver group, follower group, factor, multiple)
+        for driver, follower, factor, multiple in self.graph.count_links:
             d, f = self._group_of(driver), self._group_of(follower)
             if d is not None and f is not None:
-                self.links.append((d, f, factor))
+                self.links.append((d, f, factor, multiple))
             elif d is not None or f is not None:
                 self.untied.append([driver, follower])  # one of them is held: hold both
 

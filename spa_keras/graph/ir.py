@@ -119,7 +119,7 @@ class Graph:
         self.outputs: list[int] = []
         self.ties: list[tuple[int, int]] = []
         self.count_ties: list[list[int]] = []
-        self.count_links: list[tuple[int, int, int]] = []
+        self.count_links: list[tuple[int, int, int, int]] = []
 
     def add_tensor(self, name: str, shape: tuple, channels: int, channel_axis: int = -1) -> int:
         tid = len(self.tensors)
@@ -133,10 +133,11 @@ class Graph:
     def tie(self, a: int, b: int) -> None:
         self.ties.append((a, b))
 
-    def link_counts(self, driver: int, follower: int, factor: int) -> None:
-        """``follower`` keeps one channel class for every ``factor`` channels ``driver`` keeps (a block
-        whose head size is its hidden width divided by its heads: heads go with hidden width)."""
-        self.count_links.append((driver, follower, int(factor)))
+    def link_counts(self, driver: int, follower: int, factor: int, multiple: int = 1) -> None:
+        """``follower`` keeps one channel class for every ``factor`` channels ``driver`` keeps, in
+        steps of ``multiple`` classes (a block whose head size is its hidden width divided by its heads:
+        whole heads, or every head's size, go with the hidden width; rotary heads lose pairs)."""
+        self.count_links.append((driver, follower, int(factor), int(multiple)))
 
     def tie_counts(self, tensors) -> None:
         """These tensors keep equal widths (which channels go may differ)."""

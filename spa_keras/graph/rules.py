@@ -234,8 +234,8 @@ def rule_transformer(node, ins, ctx, graph):
 
     The stream passes through (the output carries the input's channels) unless ``attrs["stream"]`` is
     ``"hold"``. The last four outputs are hidden tensors: query heads, key/value heads, the head size
-    (always held: the cache and the attention scale depend on it) and the MLP units (fresh unless
-    ``attrs["mlp"]`` is False). ``attrs["heads"]``: ``"mha"`` (a head's query, key and value go
+    (held unless ``attrs["head_dim"]``: then one class a dimension, in every head and projection at
+    once) and the MLP units (fresh unless ``attrs["mlp"]`` is False). ``attrs["heads"]``: ``"mha"`` (a head's query, key and value go
     together), ``"gqa"`` (``groups`` query heads share a key/value head: the unit is a query head's
     slot within its group, taken from every group at once, so groups stay equal; key/value heads are
     held) or ``"hold"``."""
@@ -260,7 +260,8 @@ def rule_transformer(node, ins, ctx, graph):
     mlp = ctx.fresh(width(mlp_t), graph.tensors[mlp_t].name) if node.attrs.get("mlp", True) else \
         fixed_layout(width(mlp_t))
     rest = [fixed_layout(width(t)) for t in real[1:]]
-    return [out] + rest + [heads, kv, fixed_layout(width(hd_t)), mlp]
+    hd = ctx.fresh(width(hd_t), graph.tensors[hd_t].name) if node.attrs.get("head_dim") else fixed_layout(width(hd_t))
+    return [out] + rest + [heads, kv, hd, mlp]
 
 
 RULES = {

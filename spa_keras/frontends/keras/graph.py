@@ -81,8 +81,10 @@ class KerasGraph(ModelView):
             for i in range(1, n + 1):
                 self.graph.tie_counts([node.outputs[-i] for node in nodes])
             for node in nodes:
-                if node.attrs.get("link"):  # heads follow the hidden width (hd channels a head)
-                    self.graph.link_counts(node.inputs[0], node.outputs[-4], node.attrs["link"])
+                if node.attrs.get("link"):  # heads, or every head's size, follow the hidden width
+                    kind, factor, multiple = node.attrs["link"]
+                    follower = node.outputs[-2] if kind == "head_dim" else node.outputs[-4]
+                    self.graph.link_counts(node.inputs[0], follower, factor, multiple)
         if by_family:  # a layer of the model as wide as the stream is as wide as hidden_dim (BERT's pooler)
             stream = next(iter(by_family.values()))[0].inputs[0]
             width = self.graph.tensors[stream].channels

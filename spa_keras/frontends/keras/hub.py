@@ -37,7 +37,9 @@ class Family:
     heads, MLP width (times ``mlp_factor``: Gemma's ``intermediate_dim`` is twice its width) and hidden
     width. ``derived_head_size``: the head size is ``hidden_dim // heads`` (heads are held, since fewer
     heads at the same hidden width would change it). ``norm``: ``"rms"``, ``"rms1p"`` (``x * (1 +
-    scale)``), ``"layer"`` (LayerNorm) or ``"post_layer"`` (LayerNorm after the residual add: BERT)."""
+    scale)``), ``"layer"`` (LayerNorm) or ``"post_layer"`` (LayerNorm after the residual add: BERT).
+    ``rope``: the configuration key of the rotary embedding's base wavelength (rotary heads lose
+    frequency pairs, and the base follows the head size)."""
 
     attention: str
     q: str = "query"
@@ -55,6 +57,7 @@ class Family:
     explicit_head_dim: str | None = None
     norm: str = "rms"
     gated: bool = True
+    rope: str | None = None
 
 
 _GPT = dict(mlp_in=("feedforward_intermediate_dense",), mlp_out="feedforward_output_dense",
@@ -63,7 +66,7 @@ _GPT = dict(mlp_in=("feedforward_intermediate_dense",), mlp_out="feedforward_out
 _LLAMA = dict(attention="self_attention", mlp_in=("feedforward_gate_dense", "feedforward_intermediate_dense"),
               mlp_out="feedforward_output_dense", norms=("self_attention_layernorm", "feedforward_layernorm"),
               config={"heads": "num_query_heads", "kv_heads": "num_key_value_heads", "mlp": "intermediate_dim",
-                      "hidden": "hidden_dim", "epsilon": "layer_norm_epsilon"})
+                      "hidden": "hidden_dim", "epsilon": "layer_norm_epsilon"}, rope="rope_max_wavelength")
 
 #: block class (module path) -> its family
 FAMILIES = {
@@ -142,10 +145,14 @@ def _block(call: Call) -> Spec:
     HEADS, KV, HD, MLP = (AxisRef("out", n + i) for i in range(4))
     passes = stream_passes(call, fam.norm)
     heads = "mha" if kv == h else ("gqa" if h % kv == 0 else "hold")
-    link = None
-    if fam.derived_head_size:  # hd = hidden_dim // heads: heads go only with hidden width, hd channels each
-        link = int(hd) * (int(kv) if heads == "gqa" else 1) if passes and heads != "hold" else None
-        heads = heads if link else "hold"
+    link = None  # (which hidden tensor follows the stream's width, one class per `factor` channels, in steps)
+    if fam.derived_head_size and passes and heads != "hold":  # hd = hidden_dim // heads: they move together
+        if call.options.get("residual_stream") == "rotate" and (heads == "mha" or fam.rope):
+            link = ("head_dim", int(h), 2 if fam.rope else 1)  # every head keeps hidden_dim // h of its size
+        else:
+            link = ("heads", int(hd) * (int(kv) if heads == "gqa" else 1), 1)  # whole heads, hd channels each
+    if fam.derived_head_size and (link is None or link[0] == "head_dim"):
+        heads = "hold"
     q_axes = {0: HEADS, 1: IN, 2: HD} if fam.heads_first else {0: IN, 1: HEADS, 2: HD}
     kv_axes = {0: KV, 1: IN, 2: HD} if fam.heads_first else {0: IN, 1: KV, 2: HD}
     params = {a + fam.q + "/kernel": (q_axes, WEIGHT), a + fam.k + "/kernel": (kv_axes, WEIGHT),
@@ -182,12 +189,17 @@ def _block(call: Call) -> Spec:
         if fam.explicit_head_dim:
             config[fam.explicit_head_dim] = int(hd)
 
-    transform = _norm_rescale(fam.norm, tuple(f"{n}/{s}" for n in fam.norms for s in ("scale", "gamma")),
-                              int(call.in_shapes[0][-1]))
+    transform = _rescale(_norm_rescale(fam.norm, tuple(f"{n}/{s}" for n in fam.norms for s in ("scale", "gamma")),
+                                       int(call.in_shapes[0][-1])), (a + fam.q + "/kernel", a + fam.q + "/bias"),
+                         int(hd), HD)
     readers = [[a + fam.q + "/kernel", a + fam.k + "/kernel", a + fam.v + "/kernel"],
                [name + "/kernel" for name in fam.mlp_in]]
     attrs = {"stream": "pass" if passes else "hold", "heads": heads, "groups": h // kv if kv else 1, "mlp": True,
              "family": qualified(type(layer)), "norm": fam.norm, "link": link,
+             "head_dim": bool(link and link[0] == "head_dim"),
+             # the attention's projections, for the rotation that reshapes every head (heads last)
+             "attention": {"q": a + fam.q, "k": a + fam.k, "v": a + fam.v, "o": a + fam.o, "rope": bool(fam.rope),
+                           "biases": fam.biases} if not fam.heads_first else None,
              # which weights read the stream through which of the block's norms (rotation folds the norms into them)
              "norm_readers": {n: r for n, r in zip(fam.norms, readers) if any(k.startswith(n + "/") for k in w)},
              # the layers inside that read heads, MLP units or the (normalised) stream: (sublayer, its reading axes)
@@ -197,6 +209,21 @@ def _block(call: Call) -> Spec:
     return Spec("transformer", params, attrs, macs, resize,
                 hidden=[("heads", int(h)), ("kv_heads", int(kv)), ("head_dim", int(hd)), ("mlp", int(ff))],
                 transform=transform)
+
+
+def _rescale(norm, queries: tuple, hd: int, axis):
+    """The block's weight edits for new widths: its norms' (``norm``), and its queries' where the head
+    size shrinks to ``hd'``: the attention divides by ``sqrt(hd')``, so the queries shrink by
+    ``sqrt(hd' / hd)`` and the scores of the dimensions kept are unchanged."""
+
+    def transform(name, value, w):
+        if norm is not None:
+            value = norm(name, value, w)
+        if name in queries and w(axis) != hd:
+            value = value * np.sqrt(w(axis) / hd).astype(value.dtype)
+        return value
+
+    return transform
 
 
 def _norm_rescale(kind: str, names: tuple, width: int):
