@@ -325,3 +325,15 @@ def test_padded_positions_never_enter_a_hessian():
     assert np.array_equal(plans[0].removed_classes, plans[1].removed_classes)
     for k, v in plans[0].compensation.items():
         np.testing.assert_allclose(v, plans[1].compensation[k], rtol=1e-5, atol=1e-7)
+
+
+def test_a_dead_head_is_reshaped_without_failing():
+    model = build("gpt2")
+    block = model.backbone.get_layer("transformer_layer_1")._self_attention_layer
+    for dense in (block._query_dense, block._key_dense, block._value_dense):
+        kernel = dense.kernel.numpy()
+        kernel[:, 2, :] = 0.0  # head 2 reads nothing
+        dense.kernel.assign(kernel)
+    slim = spa.prune(model, ratio=0.0, residual_stream="rotate", hidden_ratio=0.25, calibration_data=inputs("gpt2", 32))
+    assert slim.backbone.get_config()["hidden_dim"] == 24
+    assert np.isfinite(np.asarray(slim(inputs("gpt2")))).all()

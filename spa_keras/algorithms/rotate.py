@@ -306,6 +306,8 @@ class Rotation:
         for g in range(kv):  # values and outputs
             heads = range(g * group, (g + 1) * group)
             r = np.linalg.qr(lx.T @ wv[:k, g, :], mode="r")
+            if not _invertible(r):  # a dead value dimension: this head keeps its order
+                continue
             u = np.linalg.svd(r @ np.hstack([wo[j][:, :k] for j in heads]))[0]
             wv[:, g, :] = wv[:, g, :] @ np.linalg.solve(r, u)
             for j in heads:
@@ -317,6 +319,8 @@ class Rotation:
             aq = wq[:k, j, :] if bq is None else np.vstack([wq[:k, j, :], bq[j]])
             ak = wk[:k, j, :] if bk is None else np.vstack([wk[:k, j, :], bk[j]])
             rq, rk = np.linalg.qr(la.T @ aq, mode="r"), np.linalg.qr(la.T @ ak, mode="r")
+            if not (_invertible(rq) and _invertible(rk)):
+                continue
             u, sv, vt = np.linalg.svd(rq @ rk.T)
             tq, tk = np.linalg.solve(rq, u * np.sqrt(sv)), np.linalg.solve(rk, vt.T * np.sqrt(sv))
             wq[:, j, :], wk[:, j, :] = wq[:, j, :] @ tq, wk[:, j, :] @ tk
@@ -352,6 +356,12 @@ class Rotation:
             self.values[self._param(node, names["o"] + "/kernel").key] = wo2 = np.empty_like(wo)
             wo2[:, where, :] = wo
             self.head_scores[i] = scores
+
+
+def _invertible(r: np.ndarray) -> bool:
+    """Whether the triangular ``r`` is safely invertible (no diagonal entry near zero)."""
+    d = np.abs(np.diag(r))
+    return bool(d.size) and d.min() > 1e-9 * d.max()
 
 
 def _householder(v: np.ndarray, k: int) -> np.ndarray:
