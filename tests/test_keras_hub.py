@@ -327,6 +327,23 @@ def test_padded_positions_never_enter_a_hessian():
         np.testing.assert_allclose(v, plans[1].compensation[k], rtol=1e-5, atol=1e-7)
 
 
+def test_padded_positions_never_enter_the_reconstruction_loss():
+    from spa_keras.algorithms.reconstruct import _probes, _Trainer
+    from spa_keras.frontends.keras import from_keras
+
+    model = build("llama")
+    calib = inputs("llama", n=8, seed=7)
+    calib["padding_mask"][:, 8:] = 0
+    other = {k: v.copy() for k, v in calib.items()}
+    other["token_ids"][:, 8:] = (other["token_ids"][:, 8:] + 17) % V  # different tokens where it is padded
+    plan = spa.plan(model, ratio=0.5)
+    teacher = from_keras(model)
+    trainer = _Trainer(teacher, from_keras(spa.apply(plan)), plan, _probes(teacher), sliced=True)
+    order = [s.name for s in teacher.input_specs()]
+    losses = [float(trainer.loss([c[k] for k in order])) for c in (calib, other)]
+    assert losses[0] > 0 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
 def test_a_dead_head_is_reshaped_without_failing():
     model = build("gpt2")
     block = model.backbone.get_layer("transformer_layer_1")._self_attention_layer

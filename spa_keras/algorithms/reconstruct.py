@@ -89,17 +89,22 @@ class _Trainer:
             idx = np.nonzero(keep)[0]
             self.pairs.append((t_id, s_id, tf.constant(idx, tf.int32), sliced))
         self.teacher, self.student = teacher, student
+        self.mask_at = next((i for i, s in enumerate(teacher.input_specs()) if s.name == "padding_mask"), None)
 
     def loss(self, x):
+        """The normalised MSE over the probes' kept channels; with a ``padding_mask`` input, over the real
+        positions of each sequence only (a probe shaped (batch, positions, channels))."""
         x = list(x)
         t_vals = self.teacher.run(x, keep={p[0] for p in self.pairs})
         s_vals = self.student.run(x, keep={p[1] for p in self.pairs})
+        mask = None if self.mask_at is None else tf.cast(x[self.mask_at], tf.float32)[..., None]
         total = 0.0
         for t_id, s_id, idx, sliced in self.pairs:
             t = tf.gather(tf.cast(t_vals[t_id], tf.float32), idx, axis=-1)
             s = tf.cast(s_vals[s_id], tf.float32)
             s = s if sliced else tf.gather(s, idx, axis=-1)
-            total += tf.reduce_sum(tf.square(s - t)) / (tf.reduce_sum(tf.square(t)) + 1e-8)
+            w = mask if mask is not None and t.shape.rank == 3 else 1.0
+            total += tf.reduce_sum(tf.square(s - t) * w) / (tf.reduce_sum(tf.square(t) * w) + 1e-8)
         return total / max(len(self.pairs), 1)
 
 
