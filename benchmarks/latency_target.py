@@ -4,7 +4,8 @@ again, afresh?
 For each model (`weights=None`, BatchNorm statistics randomised), one `spa.prune(..., target_latency=t)`
 at `--batch` in the serving path (traced once, BatchNorm folded: what `spa.export_for_serving` writes).
 Recorded: what the search measured (its rounds, the latency before and after), a new measurement of the
-original and the slim model taken after the search (median of --repeats runs), the ratio between them,
+original and the slim model taken after the search (`spa_keras.latency.paired_ratio`: the two timed in
+alternation, --repeats/4 pairs of 8-run medians, the median of the pairs' ratios), the ratio between them,
 whether it lies within 5% of the target, the MACs ratio beside it (a latency target is not a MACs
 target), the seconds the whole call took and how many layer timings the latency table had to take
 (0 when the cache at ~/.cache/spa_keras/latency.json already had them). The script waits for a quiet
@@ -27,7 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import spa_keras as spa  # noqa: E402
 from spa_keras.backends.fold import fold_batchnorm  # noqa: E402
 from spa_keras.io import atomic_write  # noqa: E402
-from spa_keras.metrics import load_average, measure_latency, wait_for_quiet  # noqa: E402
+from spa_keras.latency import paired_ratio  # noqa: E402
+from spa_keras.metrics import load_average, wait_for_quiet  # noqa: E402
 from spa_keras.testing import build_zoo_model, perturb_statistics  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,18 +45,16 @@ def one(name: str, size: int, target: float, batch: int, repeats: int) -> dict:
     seconds = time.perf_counter() - t0
     s = pruner.last_plan.settings
     report = spa.Report.from_plan(pruner.last_plan)
-    again = {}
-    for key, m in (("original", model), ("slim", slim)):  # measured afresh, as a user would
-        again[key] = measure_latency(fold_batchnorm(m), batch_size=batch, repeats=repeats)
-    ratio = again["slim"]["median_s"] / again["original"]["median_s"]
+    load = load_average()
+    again = paired_ratio(fold_batchnorm(slim), fold_batchnorm(model), batch, rounds=repeats // 4)  # afresh
+    ratio = again["ratio"]
     return dict(
         model=name, size=size, batch=batch, target=target, seconds=round(seconds, 1),
         search=dict(before_s=s.get("latency_before_s"), after_s=s.get("latency_after_s"),
                     reached=s.get("latency_reached"), rounds=s.get("latency_rounds"),
                     table_timings_taken=(s.get("latency_table") or {}).get("measured_now")),
-        measured_again=dict(original_s=round(again["original"]["median_s"], 5),
-                            slim_s=round(again["slim"]["median_s"], 5), ratio=round(ratio, 4),
-                            load=[again["original"]["load"], again["slim"]["load"]]),
+        measured_again=dict(original_s=round(again["reference_s"], 5), slim_s=round(again["model_s"], 5),
+                            ratio=round(ratio, 4), pair_ratios=again["ratios"], load=[load, load_average()]),
         within_5pct=bool(abs(ratio - target) <= 0.05 * target),
         macs_ratio=round(report.macs_after / report.macs_before, 4),
     )
