@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -49,47 +50,23 @@ def _timed(fn, repeats=3, cpu=None):
     return best, out
 
 
-TORCH_TWINS = {"ResNet50": "resnet50", "MobileNetV2": "mobilenet_v2"}
+TORCH_TWINS = {"ResNet50": "resnet50", "MobileNetV2": "mobilenet_v2", "EfficientNetB0": "efficientnet_b0"}
 
 
 def torch_pruning_time(name: str, size: int, ratio: float, repeats: int = 3) -> dict | None:
-    """Torch-Pruning's time for the PyTorch twin of a zoo model (graph + group-L2 scores + pruning, the
-    classifier ignored), best of ``repeats``; None where torch or torch-pruning is not installed."""
-    if name not in TORCH_TWINS:
+    """Torch-Pruning's time for the PyTorch twin of a zoo model (``benchmarks/torch_pruning_time.py``),
+    run in the export environment of ``benchmarks/make_export_env.sh`` (torch, torchvision and
+    torch-pruning; torchvision does not import beside the project's CPU torch). None where that
+    environment or the twin is missing."""
+    venv = os.environ.get("SPA_EXPORT_VENV", os.path.expanduser("~/.cache/spa_keras/torchvision-venv"))
+    python = os.path.join(venv, "bin", "python")
+    if name not in TORCH_TWINS or not os.path.exists(python):
         return None
-    try:
-        import copy
-
-        import torch
-        import torch_pruning as tp
-    except ImportError:
-        return None
-    try:
-        import torchvision
-
-        build = getattr(torchvision.models, TORCH_TWINS[name])
-    except Exception:  # noqa: BLE001 - torchvision does not import beside the CPU torch build
-        from onnx_zoo import model_list
-
-        build = model_list()[TORCH_TWINS[name]]
-    module = build().eval()
-    example = torch.randn(1, 3, size, size)
-    out = {}
-
-    def run():
-        m = copy.deepcopy(module)
-        t0, c0 = time.perf_counter(), time.process_time()
-        pruner = tp.pruner.MetaPruner(m, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                      pruning_ratio=ratio, ignored_layers=[h for h in m.modules() if
-                                                                           isinstance(h, torch.nn.Linear)][-1:])
-        pruner.step()
-        return time.perf_counter() - t0, time.process_time() - c0, m
-
-    times = [run() for _ in range(repeats)]
-    out["torch_pruning_s"] = min(t[0] for t in times)
-    out["torch_pruning_cpu_s"] = min(t[1] for t in times)
-    out["torch_pruning_version"] = getattr(tp, "__version__", "?")
-    return out
+    out = subprocess.run([python, os.path.join(HERE, "torch_pruning_time.py"), TORCH_TWINS[name], str(size),
+                          str(ratio), "--repeats", str(repeats)], capture_output=True, text=True)
+    if out.returncode != 0:
+        return dict(torch_pruning_error=out.stderr.strip().splitlines()[-1:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def latency_row(model, slim, batches, repeats, max_load, wait) -> dict:
