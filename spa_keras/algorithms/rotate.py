@@ -3,7 +3,7 @@
 A pre-norm transformer's residual stream ``x`` (width ``D``) is only ever *written* by linear maps
 (embeddings, attention output and MLP down projections, their biases) and *read* through a norm
 ``n(x) = γ ⊙ x / rms(x) + β`` by linear maps (query, key, value, gate and up projections, the output
-head). Three exact rewrites make its coordinates free to choose:
+head). Three exact rewrites make its coordinates free to choose, and a fourth orders each head:
 
 1. **Fold** each norm's scale and offset into the weights that read it: ``R ← diag(γ) R``,
    ``b ← b + β R``; then ``γ = 1``, ``β = 0``.
@@ -13,18 +13,18 @@ head). Three exact rewrites make its coordinates free to choose:
    the same outputs (an RMS norm does not see a rotation). ``Q`` holds the principal directions of the
    stream's activations on calibration samples (its second moment; centred for LayerNorm models).
 
-Then the weakest ``D - D'`` directions are dropped: the plan removes the stream's last ``D - D'``
-channels, and the norms' scales grow by ``sqrt(D / D')`` (the slicing rule of the frontends). For a
-LayerNorm the kept coordinates must themselves have zero mean: the kept block is
-``[u_1 … u_{D'-1}, 1/√D] H`` (``H`` a Householder reflection taking the all-ones vector to the last
-axis), so ``D' - 1`` principal directions are kept and LayerNorm's centring stays exact.
-
 4. **Reshape the heads** where the head size is ``hidden_dim // heads`` (keras_hub's GPT-2 and Llama):
    a narrower stream must narrow every head, so each head's dimensions are ordered first. Values and
    outputs, and (without a rotary embedding) queries and keys, are turned onto their principal
    directions by invertible maps within the head; rotary heads keep evenly spaced frequency pairs
    (:meth:`Rotation._choose_frequencies`) and the rebuild sets the base wavelength that turns them as
    before.
+
+Then the weakest ``D - D'`` directions are dropped: the plan removes the stream's last ``D - D'``
+channels (and each head's last dimensions), and the norms' scales grow by ``sqrt(D / D')`` (the slicing
+rule of the frontends). For a LayerNorm the kept coordinates must themselves have zero mean: the kept
+block is ``[u_1 … u_{D'-1}, 1/√D] H`` (``H`` a Householder reflection taking the all-ones vector to the
+last axis), so ``D' - 1`` principal directions are kept and LayerNorm's centring stays exact.
 
 With ``D' = D`` the rotated model computes what the original does (to float precision). Where a norm's
 readers cannot take its scale (an embedding tied to the output head also writes the stream), the norm
