@@ -315,12 +315,18 @@ def test_obspa_compensates_the_projections_that_read_heads_and_mlp_units():
     assert err["obs"] < 0.5 * err["none"], err
 
 
-def test_padded_positions_never_enter_a_hessian():
-    model = build("gpt2")
-    calib = inputs("gpt2", n=32, seed=7)
+def _padded_twins(family, n):
+    """Two calibration dicts padded after position 8, with different tokens only where they are padded."""
+    calib = inputs(family, n=n, seed=7)
     calib["padding_mask"][:, 8:] = 0
     other = {k: v.copy() for k, v in calib.items()}
-    other["token_ids"][:, 8:] = (other["token_ids"][:, 8:] + 17) % V  # different tokens where it is padded
+    other["token_ids"][:, 8:] = (other["token_ids"][:, 8:] + 17) % V
+    return calib, other
+
+
+def test_padded_positions_never_enter_a_hessian():
+    model = build("gpt2")
+    calib, other = _padded_twins("gpt2", 32)
     plans = [spa.plan(model, ratio=0.5, calibration_data=c, verbose=False) for c in (calib, other)]
     assert np.array_equal(plans[0].removed_classes, plans[1].removed_classes)
     for k, v in plans[0].compensation.items():
@@ -332,10 +338,7 @@ def test_padded_positions_never_enter_the_reconstruction_loss():
     from spa_keras.frontends.keras import from_keras
 
     model = build("llama")
-    calib = inputs("llama", n=8, seed=7)
-    calib["padding_mask"][:, 8:] = 0
-    other = {k: v.copy() for k, v in calib.items()}
-    other["token_ids"][:, 8:] = (other["token_ids"][:, 8:] + 17) % V  # different tokens where it is padded
+    calib, other = _padded_twins("llama", 8)
     plan = spa.plan(model, ratio=0.5)
     teacher = from_keras(model)
     trainer = _Trainer(teacher, from_keras(spa.apply(plan)), plan, _probes(teacher), sliced=True)
