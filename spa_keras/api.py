@@ -161,6 +161,8 @@ def _plan(model, cfg: PruningConfig, verbose):
         scores = post.scores(analysis, scores)
     group_ratios = _resolve_ratio_per_layer(view, analysis, cfg.ratio_per_layer)
     if rotation is not None:  # the rotated stream keeps its first channels: the principal directions
+        from .algorithms.rotate import head_blocks
+
         (g,) = _stream_groups(view, analysis)
         scores = scores.copy()
         scores[analysis.groups[g].classes] = np.nan
@@ -168,8 +170,7 @@ def _plan(model, cfg: PruningConfig, verbose):
         width = len(lay)
         scores[analysis.class_of[lay]] = (width - np.arange(width)) / width
         group_ratios[g] = (width - rotation.keep) / width
-        blocks = [n for n in view.graph.nodes if n.attrs.get("head_dim") and n.attrs.get("attention")]
-        for node, head in zip(blocks, rotation.head_scores):  # every head keeps its first dimensions
+        for node, head in zip(head_blocks(view.graph), rotation.head_scores):  # each head keeps its first dimensions
             scores[analysis.class_of[analysis.layouts[node.outputs[-2]]]] = head
     elif cfg.hidden_ratio is not None:
         streams = _stream_groups(view, analysis)

@@ -193,7 +193,6 @@ def wait_for_quiet(max_load: float = 1.5, timeout: float = 600.0, poll: float = 
     """Wait until the 1-minute load average is below ``max_load`` (at most ``timeout`` seconds) and
     return it: latency is only worth recording on a quiet machine. Benchmarks record what it returns
     next to each figure, and say when the wait ran out."""
-
     deadline = time.monotonic() + timeout
     load = load_average()
     while load is not None and load >= max_load and time.monotonic() < deadline:

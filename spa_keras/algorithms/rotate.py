@@ -79,7 +79,7 @@ class Rotation:
         self._fold()
         if self.layer_norm:
             self._centre()
-        self.blocks = [n for n in self.graph.nodes if n.attrs.get("head_dim") and n.attrs.get("attention")]
+        self.blocks = head_blocks(self.graph)
         cov, reads = self._second_moment(inputs, batch_size)
         self.q = self._basis(cov)
         self._rotate()
@@ -349,13 +349,16 @@ class Rotation:
         scores = np.zeros(hd)
         scores[where] = (hd - np.arange(hd)) / hd
         for i in rotary:
-            node = self.blocks[i]
-            wv, wo = (self._value(self._param(node, names[x] + "/kernel")) for x in "vo")
-            self.values[self._param(node, names["v"] + "/kernel").key] = wv2 = np.empty_like(wv)
-            wv2[:, :, where] = wv
-            self.values[self._param(node, names["o"] + "/kernel").key] = wo2 = np.empty_like(wo)
-            wo2[:, where, :] = wo
+            for x, axis in (("v", 2), ("o", 1)):  # dimension where[j] takes value component j
+                p = self._param(self.blocks[i], names[x] + "/kernel")
+                self.values[p.key] = np.take(self._value(p), np.argsort(where), axis=axis)
             self.head_scores[i] = scores
+
+
+def head_blocks(graph) -> list:
+    """The blocks whose heads the rotation reshapes: their head size follows the stream
+    (``attrs["head_dim"]``) and they name their attention's projections (``attrs["attention"]``)."""
+    return [n for n in graph.nodes if n.attrs.get("head_dim") and n.attrs.get("attention")]
 
 
 def _invertible(r: np.ndarray) -> bool:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ...graph import BIAS, IN, OUT, STAT, WEIGHT, AxisRef
 from ..spec import Spec, fixed
+from .layers import keep_query_scale
 from .registry import Call, register
 
 HUB = "keras_hub.src."
@@ -213,15 +214,12 @@ def _block(call: Call) -> Spec:
 
 def _rescale(norm, queries: tuple, hd: int, axis):
     """The block's weight edits for new widths: its norms' (``norm``), and its queries' where the head
-    size shrinks to ``hd'``: the attention divides by ``sqrt(hd')``, so the queries shrink by
-    ``sqrt(hd' / hd)`` and the scores of the dimensions kept are unchanged."""
+    size shrinks (:func:`~spa_keras.frontends.keras.layers.keep_query_scale`)."""
 
     def transform(name, value, w):
         if norm is not None:
             value = norm(name, value, w)
-        if name in queries and w(axis) != hd:
-            value = value * np.sqrt(w(axis) / hd).astype(value.dtype)
-        return value
+        return keep_query_scale(value, hd, w(axis)) if name in queries else value
 
     return transform
 

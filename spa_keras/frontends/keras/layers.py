@@ -313,6 +313,14 @@ def _concat(call: Call) -> Spec:
     return Spec("concat" if call.layer.axis in (-1, rank - 1) else "merge")
 
 
+def keep_query_scale(value: np.ndarray, size: int, new_size: int) -> np.ndarray:
+    """A query projection's weights for an attention that divides its scores by ``sqrt(head size)``,
+    when the head size shrinks from ``size`` to ``new_size``: times ``sqrt(new_size / size)``, so that
+    the scores of the dimensions kept are what they were (Keras' ``MultiHeadAttention``, keras_hub's
+    blocks)."""
+    return value if new_size == size else value * np.sqrt(new_size / size).astype(value.dtype)
+
+
 @register(L.MultiHeadAttention)
 def _mha(call: Call) -> Spec:
     """Heads, key width and value width are units of their own; the output projection's width follows
@@ -340,10 +348,7 @@ def _mha(call: Call) -> Spec:
             c["output_shape"] = w(OUT)
 
     def transform(name, value, w):
-        # Keras scales queries by 1/sqrt(key_dim): keep the old scale when key_dim shrinks
-        if name.startswith("query/"):
-            return value * np.sqrt(w(DK) / dk).astype(value.dtype)
-        return value
+        return keep_query_scale(value, dk, w(DK)) if name.startswith("query/") else value
 
     return Spec(
         "attention",
