@@ -196,3 +196,28 @@ def load_calibration(path, input_shape, max_samples: int | None = None, scale: f
     (4, 8, 8, 3)
     """
     return load_arrays(path, input_shape, max_samples, scale)[0]
+
+
+def replica_slices(data, ctx):
+    """The input of one worker: for every batch of ``data``, the contiguous slices of it that its replicas
+    take (replica ``k`` of ``n`` takes rows ``[size*k//n, size*(k+1)//n)``), one after the other. Every
+    sample is then in the step it is in without a strategy, which tf.data's automatic sharding does not
+    promise."""
+    import tensorflow as tf
+
+    n = ctx.num_replicas_in_sync
+    local = n // ctx.num_input_pipelines
+    first = ctx.input_pipeline_id * local
+
+    def cut(batch, k):
+        size, k = tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0], tf.cast(k, tf.int64)
+        lo, hi = size * k // n, size * (k + 1) // n
+        return tf.nest.map_structure(lambda t: t[lo:hi], batch)
+
+    def split(*batch):
+        batch = batch[0] if len(batch) == 1 else batch
+        return tf.data.Dataset.range(first, first + local).map(lambda k: cut(batch, k))
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return data.flat_map(split).with_options(options)

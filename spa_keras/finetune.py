@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import keras
 
+from .data import replica_slices
 from .errors import InvalidArgumentError
 
 
@@ -105,7 +106,7 @@ def finetune(model, data, epochs: int = 1, teacher=None, loss=None, optimizer="a
 def _fit_across_workers(trainer, data, epochs, strategy, batch_size, shuffle, validation_data, metrics):
     """The training loop under ``MultiWorkerMirroredStrategy``, where Keras 3's ``fit`` does not run (it
     fails reducing the first distributed batch: keras-team/keras#20585). Each replica's loss is its mean
-    over its slice of each batch (:func:`_replica_slices`) weighted by its share, so the gradients the
+    over its slice of each batch (:func:`spa_keras.data.replica_slices`) weighted by its share, so the gradients the
     optimizer sums across replicas are those of the whole batch's mean loss, as in one process. Returns a
     ``History`` with the mean training loss per epoch."""
     import tensorflow as tf
@@ -120,7 +121,7 @@ def _fit_across_workers(trainer, data, epochs, strategy, batch_size, shuffle, va
         if shuffle:
             data = data.shuffle(len(x), seed=0, reshuffle_each_iteration=True)
         data = data.batch(batch_size or 32)
-    batches = strategy.distribute_datasets_from_function(lambda ctx: _replica_slices(data, ctx))
+    batches = strategy.distribute_datasets_from_function(lambda ctx: replica_slices(data, ctx))
     variables = trainer.trainable_variables
 
     def step(x, y):
@@ -146,28 +147,3 @@ def _fit_across_workers(trainer, data, epochs, strategy, batch_size, shuffle, va
         losses = [float(train(batch)) for batch in batches]
         history.on_epoch_end(epoch, {"loss": sum(losses) / max(len(losses), 1)})
     return history
-
-
-def _replica_slices(data, ctx):
-    """The input of one worker: for every batch of ``data``, the contiguous slices of it that its replicas
-    take (replica ``k`` of ``n`` takes rows ``[size*k//n, size*(k+1)//n)``), one after the other. Every
-    sample is then in the step it is in without a strategy, which tf.data's automatic sharding does not
-    promise."""
-    import tensorflow as tf
-
-    n = ctx.num_replicas_in_sync
-    local = n // ctx.num_input_pipelines
-    first = ctx.input_pipeline_id * local
-
-    def cut(batch, k):
-        size, k = tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0], tf.cast(k, tf.int64)
-        lo, hi = size * k // n, size * (k + 1) // n
-        return tf.nest.map_structure(lambda t: t[lo:hi], batch)
-
-    def split(*batch):
-        batch = batch[0] if len(batch) == 1 else batch
-        return tf.data.Dataset.range(first, first + local).map(lambda k: cut(batch, k))
-
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return data.flat_map(split).with_options(options)

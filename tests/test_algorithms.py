@@ -292,3 +292,29 @@ def test_reconstruction_can_start_from_obspa():
     history = plan.settings["reconstruction_loss"]
     assert history["phase1"] == [] and len(history["phase2"]) == 3
     assert slim.count_params() == count_params(plan.graph, plan)
+
+
+def test_row_cap_samples_hessians_without_bias_and_repeats_exactly():
+    """``rows_per_dim`` draws each Hessian from a random subset of its rows: a cap above the row count
+    changes nothing, a cap below it repeats exactly, stays close to the full sum, and still passes the
+    oracle."""
+    from spa_keras.algorithms.obspa import accumulate_hessians
+
+    model, x = convnet(), images()
+    kg = from_keras(model)
+    consumers = find_consumers(kg, analyse(kg.graph), 2048)
+    full = accumulate_hessians(kg, consumers, [x], 32)
+    same = accumulate_hessians(kg, consumers, [x], 32, rows_per_dim=10**9)
+    capped = accumulate_hessians(kg, consumers, [x], 32, rows_per_dim=16)
+    again = accumulate_hessians(kg, consumers, [x], 32, rows_per_dim=16)
+    sampled = 0
+    for c in consumers:
+        np.testing.assert_array_equal(same[c.key], full[c.key])
+        np.testing.assert_array_equal(capped[c.key], again[c.key])
+        rel = np.linalg.norm(capped[c.key] - full[c.key]) / np.linalg.norm(full[c.key])
+        sampled += rel > 0
+        assert rel < 0.5, (c.node.layer, rel)
+    assert sampled >= 2  # the 3x3 convolutions' 36,864 rows are more than 16 · dim
+    plan = spa.plan(model, ratio=0.5, calibration_data=x, verbose=False,
+                    algorithm_options={"rows_per_dim": 16, "recalibrate_bn": False})
+    assert verify(plan.source, plan, spa.apply(plan), images(4, seed=3))["passed"]

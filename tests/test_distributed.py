@@ -1,4 +1,5 @@
-"""OBSPA's Hessians and ``spa.finetune`` (plain and distilled) under ``MultiWorkerMirroredStrategy``: two
+"""OBSPA's Hessians, the two-phase reconstruction and ``spa.finetune`` (plain and distilled) under
+``MultiWorkerMirroredStrategy``: two
 worker processes on localhost (``TF_CONFIG`` on ports picked here) give the plan and the weights of one
 process."""
 
@@ -32,6 +33,8 @@ JOB = textwrap.dedent("""
     plan = spa.plan(model, ratio=0.5, algorithm="obspa", calibration_data=x, verbose=False,
                     algorithm_options={"strategy": strategy, "batch_size": 16})
     slim = spa.apply(plan)
+    rebuilt = spa.prune(model, ratio=0.5, algorithm="reconstruct", calibration_data=x, verbose=False,
+                        algorithm_options={"strategy": strategy, "batch_size": 16, "epochs": (2, 2)})
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     tuned, _ = spa.finetune(slim, data, epochs=1, optimizer="sgd", learning_rate=0.05, strategy=strategy,
                             verbose=0)
@@ -40,6 +43,7 @@ JOB = textwrap.dedent("""
     with open(out_path, "w") as f:
         json.dump({"removed": {k: v.tolist() for k, v in plan.removed().items()},
                    "pruned": [w.tolist() for w in slim.get_weights()],
+                   "reconstructed": [w.tolist() for w in rebuilt.get_weights()],
                    "tuned": [w.tolist() for w in tuned.get_weights()],
                    "distilled": [w.tolist() for w in distilled.get_weights()],
                    "replicas": 1 if strategy is None else strategy.num_replicas_in_sync}, f)
@@ -83,7 +87,7 @@ def test_two_workers_give_the_plan_and_weights_of_one_process(tmp_path):
         got = json.loads((tmp_path / f"worker{i}.json").read_text())
         assert got["replicas"] == 2
         assert got["removed"] == want["removed"]
-        for key in ("pruned", "tuned", "distilled"):
+        for key in ("pruned", "reconstructed", "tuned", "distilled"):
             assert len(got[key]) == len(want[key])
             for a, b in zip(got[key], want[key]):
                 np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-5, err_msg=key)

@@ -13,9 +13,9 @@ SOURCES = ("bn", "random")  # data-free sources of synthetic inputs (see .source
 #: options each algorithm takes through ``algorithm_options`` (with their defaults)
 OPTIONS = {
     "obspa": {"damp": 1e-2, "batch_size": 32, "max_dim": 2048, "blocks": 32, "strategy": None,
-              "synthetic_steps": 200, "recalibrate_bn": True, "update": "obs"},
+              "synthetic_steps": 200, "recalibrate_bn": True, "update": "obs", "rows_per_dim": None},
     "reconstruct": {"epochs": (10, 10), "learning_rate": 1e-3, "decay": 1.0, "batch_size": 32,
-                    "synthetic_steps": 200, "start": None},
+                    "synthetic_steps": 200, "start": None, "strategy": None},
 }
 
 
@@ -68,12 +68,9 @@ class PostTraining:
             options = {"batch_size": self.options["batch_size"]}
         else:
             return scores
-        import tensorflow as tf
-
         from .obspa import OBSPA
 
-        if options.get("strategy") is None and tf.distribute.has_strategy():
-            options["strategy"] = tf.distribute.get_strategy()  # called inside strategy.scope()
+        options["strategy"] = self._strategy()
         self.obspa = OBSPA(self.model, analysis, self.inputs, verbose=self.verbose, **options)
         return self.obspa.scores(scores)
 
@@ -86,11 +83,19 @@ class PostTraining:
 
             o = self.options
             arrays, history = phase1(self.model, plan, self.inputs, self._epochs()[0], o["learning_rate"],
-                                     o["decay"], o["batch_size"], self.verbose)
+                                     o["decay"], o["batch_size"], self.verbose, self._strategy())
             plan.compensate(arrays).record(reconstruction_loss={"phase1": history, "phase2": []})
         elif self.obspa is not None:
             plan.compensate(self.obspa.compensation(plan))
         return plan
+
+    def _strategy(self):
+        """The ``strategy`` option, or the one whose scope the call runs in (``None``: one process)."""
+        import tensorflow as tf
+
+        if self.options["strategy"] is None and tf.distribute.has_strategy():
+            return tf.distribute.get_strategy()  # called inside strategy.scope()
+        return self.options["strategy"]
 
     def _epochs(self):
         e = self.options["epochs"]
@@ -106,7 +111,7 @@ class PostTraining:
             reestimate_batchnorm(slim, self.inputs, batch)
             o = self.options
             history = phase2(self.model, slim, plan, self.inputs, self._epochs()[1], o["learning_rate"], batch,
-                             self.verbose)
+                             self.verbose, self._strategy())
             losses = dict(plan.settings.get("reconstruction_loss") or {"phase1": []})
             plan.record(reconstruction_loss={**losses, "phase2": history})
         elif self.options["recalibrate_bn"] and self.calibrated and slim.traceable:

@@ -201,41 +201,71 @@ def features(consumer: Consumer, view, x):
     return f
 
 
-def hessian_step(model, consumers):
-    """``step(x) -> [Σ xxᵀ per consumer]`` over one batch (traceable when the model's runner is). With a
-    ``padding_mask`` input, the padded positions of a sequence never enter a Hessian.
+def hessian_step(model, consumers, caps=None):
+    """``step(x, seed) -> [Σ xxᵀ per consumer]`` over one batch (traceable when the model's runner is).
+    With a ``padding_mask`` input, the padded positions of a sequence never enter a Hessian.
+
+    ``caps`` (one per consumer, ``None`` for no cap) bounds the rows a consumer takes from the batch: where
+    a call has more, each row is kept with probability ``cap / rows`` (drawn from the stateless ``seed``,
+    an int32 pair) and the product is divided by that probability, so the sum stays an unbiased estimate.
 
     The products are float32 (three times faster than float64 on a CPU, measured), each batch's sum
     then float64: a batch's rounding is about ``√rows · 6e-8`` of its entries, far under the damping
     (``damp``, 1e-2 of the mean diagonal by default), which also keeps a rank-deficient sum invertible."""
     keep = {v.source for c in consumers for v in c.views}
     mask_at = next((i for i, s in enumerate(model.input_specs()) if s.name == "padding_mask"), None)
+    caps = caps or [None] * len(consumers)
 
-    def step(x):
+    def step(x, seed=(0, 0)):
         values = model.run(x, keep=keep)
         mask = None if mask_at is None else tf.reshape(tf.cast(x[mask_at], tf.float32), (-1, 1))
         out = []
-        for c in consumers:
+        for i, (c, cap) in enumerate(zip(consumers, caps)):
             total = 0.0
-            for v in c.views:
+            for j, v in enumerate(c.views):
                 f = features(c, v, values[v.source])
                 if mask is not None and v.per_token:
                     f = f * mask
-                total = total + tf.cast(tf.matmul(f, f, transpose_a=True), tf.float64)
+                scale = 1.0
+                if cap is not None:
+                    f, scale = _subsample(f, cap, tf.stack([tf.cast(seed[0], tf.int32),
+                                                            tf.cast(seed[1], tf.int32) * 7919 + 131 * i + j]))
+                total = total + tf.cast(tf.matmul(f, f, transpose_a=True), tf.float64) / scale
             out.append(total)
         return out
 
     return step
 
 
-def accumulate_hessians(model, consumers, inputs, batch_size: int, strategy=None, progress=None) -> dict:
+def _subsample(f, cap: int, seed):
+    """``(rows kept, probability)``: every row of ``f`` kept with probability ``min(1, cap / rows)``."""
+    n = tf.shape(f)[0]
+    p = tf.minimum(tf.constant(1.0, tf.float64), float(cap) / tf.maximum(tf.cast(n, tf.float64), 1.0))
+    keep = tf.random.stateless_uniform((n,), seed, dtype=tf.float64) < p
+    return tf.boolean_mask(f, keep), p
+
+
+def row_caps(consumers, rows_per_dim, n_samples: int, batch_size: int, replicas: int = 1) -> list:
+    """Each consumer's cap on the rows one replica's batch gives its Hessian: ``rows_per_dim · dim`` over
+    the whole calibration set, shared evenly by the batches (``None``: every row)."""
+    if rows_per_dim is None:
+        return [None] * len(consumers)
+    batches = max(1, math.ceil(n_samples / batch_size)) * max(1, replicas)
+    return [max(1, math.ceil(rows_per_dim * c.dim / batches)) for c in consumers]
+
+
+def accumulate_hessians(model, consumers, inputs, batch_size: int, strategy=None, progress=None,
+                        rows_per_dim=None) -> dict:
     """``{kernel key: Σ x xᵀ}`` (float64 NumPy) over ``inputs`` (arrays, one per model input), in batches.
 
     Each batch runs as one ``tf.function`` when the model's runner is traceable (a Keras model; an ONNX
     model runs in onnxruntime, eagerly); under ``strategy`` the batch is split across replicas and the
-    per-replica sums are reduced with ``ReduceOp.SUM``.
+    per-replica sums are reduced with ``ReduceOp.SUM``. ``rows_per_dim`` caps the rows each Hessian takes
+    (:func:`row_caps`); the rows kept are drawn from a fixed seed, so a run repeats exactly.
     """
-    step = hessian_step(model, consumers)
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+    caps = row_caps(consumers, rows_per_dim, len(inputs[0]), batch_size, replicas)
+    step = hessian_step(model, consumers, caps)
     data = tf.data.Dataset.from_tensor_slices(tuple(inputs)).batch(batch_size)
     if not model.traceable:
         fn = step
@@ -245,14 +275,16 @@ def accumulate_hessians(model, consumers, inputs, batch_size: int, strategy=None
     else:
         data = strategy.experimental_distribute_dataset(data)
 
-        def replicated(x):
-            per = strategy.run(step, args=(x,))
+        def replicated(x, seed):
+            ctx = tf.distribute.get_replica_context
+            per = strategy.run(lambda x, s: step(x, (s[0] + ctx().replica_id_in_sync_group, s[1])), args=(x, seed))
             return [strategy.reduce(tf.distribute.ReduceOp.SUM, p, axis=None) for p in per]
 
         fn = tf.function(replicated, reduce_retracing=True)
     sums = [np.zeros((c.dim, c.dim)) for c in consumers]
-    for x in data:
-        for i, h in enumerate(fn(list(x) if isinstance(x, tuple) else x)):
+    for b, x in enumerate(data):
+        seed = tf.constant([0, b], tf.int32)
+        for i, h in enumerate(fn(list(x) if isinstance(x, tuple) else x, seed)):
             sums[i] += np.asarray(h, np.float64)
         if progress is not None:
             progress.update(1)
@@ -272,18 +304,24 @@ class OBSPA:
 
     def __init__(self, model, analysis, inputs, verbose: bool = False, **options):
         """``options``: OBSPA's ``algorithm_options`` (``spa_keras.algorithms.OPTIONS["obspa"]`` has
-        them with their defaults): ``damp``, ``batch_size``, ``strategy``, ``max_dim``, ``blocks``."""
+        them with their defaults): ``damp``, ``batch_size``, ``strategy``, ``max_dim``, ``blocks``,
+        ``rows_per_dim``."""
         from . import check, progress
 
         o = check("obspa", options)
         if o["update"] not in UPDATES:
             raise InvalidArgumentError(f"algorithm_options['update'] must be one of {UPDATES}, got {o['update']!r}")
+        r = o["rows_per_dim"]
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0):
+            raise InvalidArgumentError(f"algorithm_options['rows_per_dim'] must be None (every row) or a positive "
+                                       f"number of rows per Hessian dimension, got {r!r}")
         self.model, self.analysis, self.verbose = model, analysis, verbose
         self.damp, self.blocks, self.update = o["damp"], o["blocks"], o["update"]
         self.consumers = find_consumers(model, analysis, o["max_dim"])
         n = len(inputs[0])
         with progress(int(math.ceil(n / o["batch_size"])), "OBSPA Hessians", "batch", verbose) as bar:
-            self.hessians = accumulate_hessians(model, self.consumers, inputs, o["batch_size"], o["strategy"], bar)
+            self.hessians = accumulate_hessians(model, self.consumers, inputs, o["batch_size"], o["strategy"], bar,
+                                                o["rows_per_dim"])
         self._hinv = {}
 
     def hinv(self, key):

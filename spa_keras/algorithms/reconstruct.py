@@ -14,6 +14,11 @@ normalisation's statistics on the calibration samples (the average of the batch 
 the slim model on the same loss. Both phases run the models in inference mode (moving statistics fixed)
 with Adam, one ``tf.function`` step per batch. The models are seen through the frontend interface:
 copies, variables and runs, never layers.
+
+Under a ``tf.distribute`` strategy (``MultiWorkerMirroredStrategy`` across machines) each phase trains a
+copy made in the strategy's scope; every replica takes a contiguous slice of each batch
+(:func:`spa_keras.data.replica_slices`) and divides its squared errors by the whole batch's teacher
+energy (summed across replicas), so the gradients the optimizer sums are those of one process.
 """
 
 from __future__ import annotations
@@ -93,19 +98,28 @@ class _Trainer:
 
     def loss(self, x):
         """The normalised MSE over the probes' kept channels; with a ``padding_mask`` input, over the real
-        positions of each sequence only (a probe shaped (batch, positions, channels))."""
+        positions of each sequence only (a probe shaped (batch, positions, channels)). In a replica of a
+        strategy, the errors of this replica's slice over the teacher energy of the whole batch."""
         x = list(x)
         t_vals = self.teacher.run(x, keep={p[0] for p in self.pairs})
         s_vals = self.student.run(x, keep={p[1] for p in self.pairs})
         mask = None if self.mask_at is None else tf.cast(x[self.mask_at], tf.float32)[..., None]
-        total = 0.0
+        ctx = tf.distribute.get_replica_context()
+        across = ctx is not None and ctx.num_replicas_in_sync > 1
+        errors, energies = [], []
         for t_id, s_id, idx, sliced in self.pairs:
             t = tf.gather(tf.cast(t_vals[t_id], tf.float32), idx, axis=-1)
             s = tf.cast(s_vals[s_id], tf.float32)
             s = s if sliced else tf.gather(s, idx, axis=-1)
             w = mask if mask is not None and t.shape.rank == 3 else 1.0
-            total += tf.reduce_sum(tf.square(s - t) * w) / (tf.reduce_sum(tf.square(t) * w) + 1e-8)
-        return total / max(len(self.pairs), 1)
+            errors.append(tf.reduce_sum(tf.square(s - t) * w))
+            energies.append(tf.reduce_sum(tf.square(t) * w))
+        if not errors:
+            return tf.constant(0.0)
+        energy = tf.stack(energies)
+        if across:
+            energy = ctx.all_reduce(tf.distribute.ReduceOp.SUM, energy)
+        return tf.reduce_sum(tf.stack(errors) / (energy + 1e-8)) / len(errors)
 
 
 def _variables(model) -> list:
@@ -114,37 +128,58 @@ def _variables(model) -> list:
     return [model.variable(k) for k in keys]
 
 
-def _train(trainer, inputs, epochs, batch_size, lr, penalty=None, decay=0.0, bar=None, history=None):
+def _train(trainer, inputs, epochs, batch_size, lr, penalty=None, decay=0.0, bar=None, history=None,
+           strategy=None):
     import keras
 
+    from ..data import replica_slices
+
     variables = _variables(trainer.student)
-    opt = keras.optimizers.Adam(learning_rate=lr)
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+    with _scope(strategy):
+        opt = keras.optimizers.Adam(learning_rate=lr)
     n = len(inputs[0])
     steps = max(1, epochs * int(np.ceil(n / batch_size)))
     pen_vars = [(trainer.student.variable(k), tf.constant(m)) for k, m in (penalty or {}).items()]
 
-    @tf.function(reduce_retracing=True)
     def step(x, lam):
         with tf.GradientTape() as tape:
-            loss = trainer.loss(x)
+            loss = trainer.loss(list(x) if isinstance(x, (tuple, list)) else [x])
             reg = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32) * m)) for v, m in pen_vars]) if pen_vars else 0.0
-            total = loss + lam * reg
+            total = loss + lam * reg / replicas  # every replica adds it; the optimizer sums the replicas
         grads = tape.gradient(total, variables)
         opt.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
         return loss
+
+    if strategy is None:
+        run = tf.function(step, reduce_retracing=True)
+    else:
+        @tf.function(reduce_retracing=True)
+        def run(x, lam):
+            per = strategy.run(step, args=(x, lam))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None)
 
     k = 0
     data = tf.data.Dataset.from_tensor_slices(tuple(inputs))
     for epoch in range(epochs):
         losses = []
-        for x in data.shuffle(n, seed=epoch).batch(batch_size):
+        batches = data.shuffle(n, seed=epoch).batch(batch_size)
+        if strategy is not None:
+            batches = strategy.distribute_datasets_from_function(lambda ctx: replica_slices(batches, ctx))
+        for x in batches:
             lam = tf.constant(decay * (k + 1) / steps, tf.float32)
-            losses.append(float(step(list(x), lam)))
+            losses.append(float(run(x, lam)))
             k += 1
             if bar is not None:
                 bar.update(1)
         if history is not None:
             history.append(float(np.mean(losses)))
+
+
+def _scope(strategy):
+    import contextlib
+
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
 def _bar(epochs, inputs, batch_size, desc, verbose):
@@ -154,32 +189,45 @@ def _bar(epochs, inputs, batch_size, desc, verbose):
 
 
 def phase1(model, plan, inputs, epochs: int, learning_rate: float, decay: float, batch_size: int,
-           verbose: bool = False):
+           verbose: bool = False, strategy=None):
     """Phase 1: a full-width copy of ``model`` trained on the probe loss with the growing decay on the
     slices that write the plan's removed channels. Returns ``({parameter key of model: trained array},
     [mean loss per epoch])``: the compensation the plan is written with."""
-    student = model.copy()
+    with _scope(strategy):
+        student = model.copy()
     probes = _probes(model)
     history = []
-    s_nodes = {n.name: n for n in student.graph.nodes}
-    pairs = [(p, q) for node in model.graph.nodes if node.params  # same node names, same parameter order
-             for p, q in zip(node.params, s_nodes[node.name].params)]
+    pairs = _pairs(model, student)
     if epochs:
         masks = _writer_masks(model, plan)
         penalty = {q.key: masks[p.key] for p, q in pairs if p.key in masks}
         with _bar(epochs, inputs, batch_size, "reconstruct (phase 1)", verbose) as bar:
             _train(_Trainer(model, student, plan, probes, sliced=False), inputs, epochs, batch_size, learning_rate,
-                   penalty, decay, bar, history)
+                   penalty, decay, bar, history, strategy)
     return {p.key: student.weight(q.key) for p, q in pairs}, history
 
 
+def _pairs(a, b) -> list:
+    """The parameters of two copies of one model, side by side (same node names, same order)."""
+    b_nodes = {n.name: n for n in b.graph.nodes}
+    return [(p, q) for node in a.graph.nodes if node.params for p, q in zip(node.params, b_nodes[node.name].params)]
+
+
 def phase2(teacher, student, plan, inputs, epochs: int, learning_rate: float, batch_size: int,
-           verbose: bool = False):
+           verbose: bool = False, strategy=None):
     """Phase 2, after the plan is written: the slim model (``student``, its frontend graph object, whose
-    weights are trained in place) learns the teacher's kept channels. Returns the mean loss per epoch."""
+    weights are trained in place; under ``strategy``, a copy in its scope is trained and its weights
+    written back) learns the teacher's kept channels. Returns the mean loss per epoch."""
     history = []
     if epochs:
+        trained = student
+        if strategy is not None:
+            with strategy.scope():
+                trained = student.copy()
         with _bar(epochs, inputs, batch_size, "reconstruct (phase 2)", verbose) as bar:
-            _train(_Trainer(teacher, student, plan, _probes(teacher), sliced=True), inputs, epochs, batch_size,
-                   learning_rate, bar=bar, history=history)
+            _train(_Trainer(teacher, trained, plan, _probes(teacher), sliced=True), inputs, epochs, batch_size,
+                   learning_rate, bar=bar, history=history, strategy=strategy)
+        if trained is not student:
+            for p, q in _pairs(student, trained):
+                student.assign(p.key, trained.weight(q.key))
     return history
