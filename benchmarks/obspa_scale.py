@@ -4,12 +4,17 @@ For MobileNetV2, ResNet50 and DenseNet121 (weights=None, BatchNorm statistics ra
 calibration images), `spa.plan(model, ratio=0.5, calibration_data=x)` runs in a fresh process per model
 (so that its peak resident memory is its own) and the time of each phase is recorded: the calibration
 samples, Hessian accumulation, the inverses (Cholesky), the greedy group search and the compensation.
+`--rows-per-dim R` draws each Hessian from about R·dim of its rows (OBSPA's `rows_per_dim`). Each row also
+records the multiply-adds of the `XᵀX` products (`Σ rows × dim²`, from the layer shapes and the caps)
+and, as a check of what the sampling costs, the slim model's output error on 32 other images: the
+relative difference of its outputs from the unpruned model's.
 `--solver old` runs the greedy search as it was before the blocked solver (tests/obspa_reference.py);
 its cost does not depend on the number of samples, so `--samples 32` is enough to time it.
 Writes benchmarks/results/obspa_scale.json (rows are added, keyed by model, solver and samples).
 
     PYTHONPATH=. nice -n 10 python benchmarks/obspa_scale.py
     PYTHONPATH=. python benchmarks/obspa_scale.py --models ResNet50 --solver old --samples 32
+    PYTHONPATH=. python benchmarks/obspa_scale.py --rows-per-dim 64
 """
 
 from __future__ import annotations
@@ -32,7 +37,30 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def one(name: str, samples: int, size: int, solver: str) -> dict:
+def product_macs(model, samples: int, size: int, rows_per_dim, batch_size: int = 32) -> float:
+    """``Σ rows × dim²`` of the Hessian products over ``samples`` images (each consumer's rows counted on
+    one image, then capped as OBSPA caps them)."""
+    import numpy as np
+
+    from spa_keras.algorithms import obspa
+    from spa_keras.frontends.keras import from_keras
+    from spa_keras.graph import analyse
+
+    view = from_keras(model)
+    consumers = obspa.find_consumers(view, analyse(view.graph), 2048)
+    x = np.zeros((1, size, size, 3), "float32")
+    values = view.run([x], keep={v.source for c in consumers for v in c.views})
+    caps = obspa.row_caps(consumers, rows_per_dim, samples, batch_size)
+    total = 0.0
+    batches = -(-samples // batch_size)
+    for c, cap in zip(consumers, caps):
+        rows = sum(int(obspa.features(c, v, values[v.source]).shape[0]) for v in c.views) * min(samples, batch_size)
+        rows = rows if cap is None else min(rows, cap)
+        total += batches * rows * c.dim ** 2
+    return total
+
+
+def one(name: str, samples: int, size: int, solver: str, rows_per_dim=None) -> dict:
     """Time one model's OBSPA plan in this process."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
@@ -70,11 +98,18 @@ def one(name: str, samples: int, size: int, solver: str) -> dict:
     base_rss = _rss_mb()
     load = load_average()
     t0, c0 = time.perf_counter(), time.process_time()
-    plan = spa.plan(model, ratio=0.5, calibration_data=x, verbose=False)
+    plan = spa.plan(model, ratio=0.5, calibration_data=x, verbose=False,
+                    algorithm_options={"rows_per_dim": rows_per_dim})
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return dict(model=name, solver=solver, samples=samples, size=size, seconds=round(total, 2),
+    peak = _rss_mb()
+    x_test = np.random.default_rng(1).standard_normal((32, size, size, 3)).astype("float32")
+    ref, out = model.predict(x_test, verbose=0), spa.apply(plan).predict(x_test, verbose=0)
+    error = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    return dict(model=name, solver=solver, samples=samples, size=size, rows_per_dim=rows_per_dim,
+                product_macs=product_macs(model, samples, size, rows_per_dim), output_error=round(error, 5),
+                seconds=round(total, 2),
                 cpu_seconds=round(cpu, 2), phases={k: round(v, 2) for k, v in seconds.items()},
-                peak_rss_mb=round(_rss_mb()), rss_before_mb=round(base_rss), load_start=load, load_end=load_average(),
+                peak_rss_mb=round(peak), rss_before_mb=round(base_rss), load_start=load, load_end=load_average(),
                 removed=int(plan.n_removed))
 
 
@@ -84,26 +119,33 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--solver", choices=("new", "old"), default="new")
+    ap.add_argument("--rows-per-dim", type=float, default=None)
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one, args.samples, args.size, args.solver)), flush=True)
+        print(json.dumps(one(args.one, args.samples, args.size, args.solver, args.rows_per_dim)), flush=True)
         return 0
     rows = []
     if os.path.exists(args.out):
         with open(args.out) as f:
             rows = json.load(f).get("runs", [])
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cap = [] if args.rows_per_dim is None else ["--rows-per-dim", str(args.rows_per_dim)]
+
+    def key(row):
+        return row["model"], row["solver"], row["samples"], row.get("rows_per_dim")
+
     for name in args.models:
         r = subprocess.run([sys.executable, __file__, "--one", name, "--samples", str(args.samples), "--size",
-                            str(args.size), "--solver", args.solver], capture_output=True, text=True, env=env)
+                            str(args.size), "--solver", args.solver] + cap, capture_output=True, text=True, env=env)
         if r.returncode != 0:
-            row = dict(model=name, solver=args.solver, samples=args.samples, error=r.stderr[-2000:])
+            row = dict(model=name, solver=args.solver, samples=args.samples, rows_per_dim=args.rows_per_dim,
+                       error=r.stderr[-2000:])
         else:
             row = json.loads(r.stdout.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)
-        rows = [x for x in rows if (x["model"], x["solver"], x["samples"]) != (name, args.solver, args.samples)]
+        rows = [x for x in rows if key(x) != key(row)]
         rows.append(row)
         from spa_keras.io import atomic_write
 

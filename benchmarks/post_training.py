@@ -132,6 +132,8 @@ def method_table(xcal):
     for n, r in ((512, 256), (512, 64), (2048, 64)):  # Hessians from a random subset of the rows
         table[f"obspa_{n}_rows{r}"] = (dict(algorithm="obspa", calibration_data=xcal[:n], calibration_samples=n,
                                             algorithm_options={"rows_per_dim": r}), 0)
+    table["obspa_512_round8"] = (dict(algorithm="obspa", calibration_data=xcal[:512], calibration_samples=512,
+                                      round_to=8), 0)  # kept widths a multiple of the vector width
     for n in (128, 512, 2048):
         table[f"reconstruct_{n}"] = (dict(algorithm="reconstruct", calibration_data=xcal[:n], calibration_samples=n), 0)
     for n in (128, 512, 2048):

@@ -13,7 +13,7 @@ SOURCES = ("bn", "random")  # data-free sources of synthetic inputs (see .source
 #: options each algorithm takes through ``algorithm_options`` (with their defaults)
 OPTIONS = {
     "obspa": {"damp": 1e-2, "batch_size": 32, "max_dim": 2048, "blocks": 32, "strategy": None,
-              "synthetic_steps": 200, "recalibrate_bn": True, "update": "obs", "rows_per_dim": None},
+              "synthetic_steps": 200, "recalibrate_bn": True, "update": "obs", "rows_per_dim": 64},
     "reconstruct": {"epochs": (10, 10), "learning_rate": 1e-3, "decay": 1.0, "batch_size": 32,
                     "synthetic_steps": 200, "start": None, "strategy": None},
 }

@@ -208,6 +208,8 @@ def hessian_step(model, consumers, caps=None):
     ``caps`` (one per consumer, ``None`` for no cap) bounds the rows a consumer takes from the batch: where
     a call has more, each row is kept with probability ``cap / rows`` (drawn from the stateless ``seed``,
     an int32 pair) and the product is divided by that probability, so the sum stays an unbiased estimate.
+    Only the positions of feature maps are sampled, where neighbours repeat each other; the tokens of a
+    sequence (``per_token`` calls) all count.
 
     The products are float32 (three times faster than float64 on a CPU, measured), each batch's sum
     then float64: a batch's rounding is about ``√rows · 6e-8`` of its entries, far under the damping
@@ -227,7 +229,7 @@ def hessian_step(model, consumers, caps=None):
                 if mask is not None and v.per_token:
                     f = f * mask
                 scale = 1.0
-                if cap is not None:
+                if cap is not None and not v.per_token:
                     f, scale = _subsample(f, cap, tf.stack([tf.cast(seed[0], tf.int32),
                                                             tf.cast(seed[1], tf.int32) * 7919 + 131 * i + j]))
                 total = total + tf.cast(tf.matmul(f, f, transpose_a=True), tf.float64) / scale
