@@ -318,3 +318,33 @@ def test_row_cap_samples_hessians_without_bias_and_repeats_exactly():
     plan = spa.plan(model, ratio=0.5, calibration_data=x, verbose=False,
                     algorithm_options={"rows_per_dim": 16, "recalibrate_bn": False})
     assert verify(plan.source, plan, spa.apply(plan), images(4, seed=3))["passed"]
+
+
+@pytest.mark.parametrize("strides,dilation,padding", [(1, 1, "same"), (2, 1, "same"), (2, 1, "valid"),
+                                                      (1, 2, "same"), (3, 1, "same")])
+def test_sampled_patches_are_the_unfolded_patches(strides, dilation, padding):
+    """With a cap above the row count every row is kept: the patches gathered at the sampled positions
+    are exactly those ``tf.image.extract_patches`` unfolds, in the same order."""
+    import tensorflow as tf
+
+    from spa_keras.algorithms.obs_solver import matrix
+    from spa_keras.algorithms.obspa import features, sampled_features
+
+    inp = keras.Input((11, 10, 3))
+    x = L.Conv2D(4, 3, padding="same", name="c0")(inp)
+    model = keras.Model(inp, L.Conv2D(5, 3, strides=strides, dilation_rate=dilation, padding=padding,
+                                      name="c1")(x))
+    kg = from_keras(model)
+    (c,) = [c for c in find_consumers(kg, analyse(kg.graph), 2048) if c.node.layer == "c1"]
+    assert c.mode == "patches"
+    a = np.random.default_rng(0).standard_normal((2, 11, 10, 4)).astype("float32")
+    full = features(c, c.views[0], a).numpy()
+    w = matrix(c, c.view.canonical(kg.weight(c.key)), kg.weight(c.bias.key))  # the rows times the kernel
+    ref = model.get_layer("c1")(a).numpy().reshape(-1, 5)  # are the convolution's outputs
+    np.testing.assert_allclose(full @ w, ref, rtol=1e-4, atol=1e-4)
+    kept, p = sampled_features(c, c.views[0], a, 10**9, tf.constant([0, 1]))
+    assert float(p) == 1.0
+    np.testing.assert_array_equal(kept.numpy(), full)
+    some, p = sampled_features(c, c.views[0], a, 20, tf.constant([0, 1]))
+    rows = {tuple(r) for r in full}
+    assert 0 < some.shape[0] < full.shape[0] and all(tuple(r) in rows for r in some.numpy())

@@ -182,23 +182,69 @@ def find_consumers(model, analysis, max_dim: int) -> list:
 # ---- features and Hessians --------------------------------------------------------------------------
 
 
-def features(consumer: Consumer, view, x):
-    """The rows the consumer's matrix multiplies, one line per output position: ``(n, dim)``; ``view``
-    is the call (of a possibly shared kernel) that read ``x``."""
+def _channels_last(view, x):
     x = tf.cast(x, tf.float32)
     if view.channels_first:
         x = tf.transpose(x, [0] + list(range(2, len(x.shape))) + [1])
+    return x
+
+
+def _padded(view, x):
+    """``x`` padded as the convolution pads it, so that its patches start at ``stride · position``."""
+    (kh, kw), (sh, sw), (dh, dw) = view.kernel_size, view.strides, view.dilation
+    padding = view.padding
+    if isinstance(padding, str):
+        if padding.lower() == "valid":
+            return x
+        pads = []
+        for size, k, s, d in ((x.shape[1], kh, sh, dh), (x.shape[2], kw, sw, dw)):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)  # TensorFlow's "same"
+            pads.append([total // 2, total - total // 2])
+    else:
+        pads = [list(padding[0]), list(padding[1])]
+    return tf.pad(x, [[0, 0], pads[0], pads[1], [0, 0]])
+
+
+def _augment(consumer, f):
+    return tf.concat([f, tf.ones_like(f[:, :1])], axis=1) if consumer.augmented else f
+
+
+def features(consumer: Consumer, view, x):
+    """The rows the consumer's matrix multiplies, one line per output position: ``(n, dim)``; ``view``
+    is the call (of a possibly shared kernel) that read ``x``."""
+    x = _channels_last(view, x)
     if consumer.mode == "patches":
         (kh, kw), (sh, sw), (dh, dw) = view.kernel_size, view.strides, view.dilation
-        padding = view.padding
-        if not isinstance(padding, str):
-            x = tf.pad(x, [[0, 0], list(padding[0]), list(padding[1]), [0, 0]])
-            padding = "valid"
-        x = tf.image.extract_patches(x, [1, kh, kw, 1], [1, sh, sw, 1], [1, dh, dw, 1], padding.upper())
-    f = tf.reshape(x, (-1, consumer.width))
-    if consumer.augmented:
-        f = tf.concat([f, tf.ones_like(f[:, :1])], axis=1)
-    return f
+        x = tf.image.extract_patches(_padded(view, x), [1, kh, kw, 1], [1, sh, sw, 1], [1, dh, dw, 1], "VALID")
+    return _augment(consumer, tf.reshape(x, (-1, consumer.width)))
+
+
+def sampled_features(consumer: Consumer, view, x, cap: int, seed):
+    """``(rows, probability)``: every row of :func:`features` kept with probability ``min(1, cap / rows)``
+    (drawn from the stateless ``seed``). Only the rows kept are built: a convolution's patches are
+    gathered at the sampled positions, not unfolded everywhere first."""
+    x = _channels_last(view, x)
+    if consumer.mode == "patches":
+        (kh, kw), (sh, sw), (dh, dw) = view.kernel_size, view.strides, view.dilation
+        x = _padded(view, x)
+        shape = tf.shape(x, out_type=tf.int64)
+        oh = (shape[1] - (kh - 1) * dh - 1) // sh + 1
+        ow = (shape[2] - (kw - 1) * dw - 1) // sw + 1
+        n = shape[0] * oh * ow
+    else:
+        x = tf.reshape(x, (-1, consumer.width))
+        n = tf.shape(x, out_type=tf.int64)[0]
+    p = tf.minimum(tf.constant(1.0, tf.float64), float(cap) / tf.maximum(tf.cast(n, tf.float64), 1.0))
+    at = tf.where(tf.random.stateless_uniform((n,), seed, dtype=tf.float64) < p)[:, 0]
+    if consumer.mode != "patches":
+        return _augment(consumer, tf.gather(x, at)), p
+    b, i, j = at // (oh * ow), (at % (oh * ow)) // ow, at % ow
+    rows = i[:, None] * sh + tf.range(kh, dtype=tf.int64)[None, :] * dh  # (m, kh)
+    cols = j[:, None] * sw + tf.range(kw, dtype=tf.int64)[None, :] * dw  # (m, kw)
+    m = tf.shape(at)[0]
+    index = tf.stack([tf.broadcast_to(b[:, None, None], (m, kh, kw)), tf.broadcast_to(rows[:, :, None], (m, kh, kw)),
+                      tf.broadcast_to(cols[:, None, :], (m, kh, kw))], axis=-1)
+    return _augment(consumer, tf.reshape(tf.gather_nd(x, index), (-1, consumer.width))), p
 
 
 def hessian_step(model, consumers, caps=None):
@@ -225,26 +271,19 @@ def hessian_step(model, consumers, caps=None):
         for i, (c, cap) in enumerate(zip(consumers, caps)):
             total = 0.0
             for j, v in enumerate(c.views):
-                f = features(c, v, values[v.source])
-                if mask is not None and v.per_token:
-                    f = f * mask
                 scale = 1.0
                 if cap is not None and not v.per_token:
-                    f, scale = _subsample(f, cap, tf.stack([tf.cast(seed[0], tf.int32),
-                                                            tf.cast(seed[1], tf.int32) * 7919 + 131 * i + j]))
+                    f, scale = sampled_features(c, v, values[v.source], cap, tf.stack(
+                        [tf.cast(seed[0], tf.int32), tf.cast(seed[1], tf.int32) * 7919 + 131 * i + j]))
+                else:
+                    f = features(c, v, values[v.source])
+                if mask is not None and v.per_token:
+                    f = f * mask
                 total = total + tf.cast(tf.matmul(f, f, transpose_a=True), tf.float64) / scale
             out.append(total)
         return out
 
     return step
-
-
-def _subsample(f, cap: int, seed):
-    """``(rows kept, probability)``: every row of ``f`` kept with probability ``min(1, cap / rows)``."""
-    n = tf.shape(f)[0]
-    p = tf.minimum(tf.constant(1.0, tf.float64), float(cap) / tf.maximum(tf.cast(n, tf.float64), 1.0))
-    keep = tf.random.stateless_uniform((n,), seed, dtype=tf.float64) < p
-    return tf.boolean_mask(f, keep), p
 
 
 def row_caps(consumers, rows_per_dim, n_samples: int, batch_size: int, replicas: int = 1) -> list:
