@@ -316,9 +316,11 @@ def accumulate_hessians(model, consumers, inputs, batch_size: int, strategy=None
     else:
         data = strategy.experimental_distribute_dataset(data)
 
+        def per_replica(x, seed):  # each replica draws its own rows
+            return step(x, (seed[0] + tf.distribute.get_replica_context().replica_id_in_sync_group, seed[1]))
+
         def replicated(x, seed):
-            ctx = tf.distribute.get_replica_context
-            per = strategy.run(lambda x, s: step(x, (s[0] + ctx().replica_id_in_sync_group, s[1])), args=(x, seed))
+            per = strategy.run(per_replica, args=(x, seed))
             return [strategy.reduce(tf.distribute.ReduceOp.SUM, p, axis=None) for p in per]
 
         fn = tf.function(replicated, reduce_retracing=True)
