@@ -26,6 +26,9 @@ What a "row" is, per consumer:
   the same position); correlations across offsets are ignored.
 - A wide dense layer after a channels-last ``Flatten``: the channel covariance over positions.
 
+"Exact" is of the rows taken: by default (``rows_per_dim=64``) a consumer whose feature-map positions
+give more than ``64 · dim`` rows takes a random, reweighted subset of them (:func:`hessian_step`).
+
 When the consumer has a bias, or its output goes straight into a batch normalisation, the features
 get a constant 1 so that the mean a removed channel carried moves into the bias (or the BN's moving
 mean). Selection is greedy per group: blocks of about 1/32 of the group are removed, each the block
