@@ -294,7 +294,7 @@ def test_reconstruction_can_start_from_obspa():
     assert slim.count_params() == count_params(plan.graph, plan)
 
 
-def test_row_cap_samples_hessians_without_bias_and_repeats_exactly():
+def test_row_cap_samples_hessians_and_repeats_exactly():
     """``rows_per_dim`` draws each Hessian from a random subset of its rows: a cap above the row count
     changes nothing, a cap below it repeats exactly, stays close to the full sum, and still passes the
     oracle."""
@@ -324,7 +324,8 @@ def test_row_cap_samples_hessians_without_bias_and_repeats_exactly():
                                                       (1, 2, "same"), (3, 1, "same")])
 def test_sampled_patches_are_the_unfolded_patches(strides, dilation, padding):
     """With a cap above the row count every row is kept: the patches gathered at the sampled positions
-    are exactly those ``tf.image.extract_patches`` unfolds, in the same order."""
+    are exactly those ``tf.image.extract_patches`` unfolds, in the same order, and those rows times the
+    kernel are the convolution's outputs."""
     import tensorflow as tf
 
     from spa_keras.algorithms.obs_solver import matrix

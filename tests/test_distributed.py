@@ -1,7 +1,6 @@
 """OBSPA's Hessians, the two-phase reconstruction and ``spa.finetune`` (plain and distilled) under
-``MultiWorkerMirroredStrategy``: two
-worker processes on localhost (``TF_CONFIG`` on ports picked here) give the plan and the weights of one
-process."""
+``MultiWorkerMirroredStrategy``: two worker processes on localhost (``TF_CONFIG`` on ports picked here)
+give the plan and the weights of one process."""
 
 import json
 import os
