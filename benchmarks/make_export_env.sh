@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The export environment of benchmarks/onnx_zoo.py: a virtual environment with torch 2.14.1 and
 # torchvision 0.29.1 (CUDA builds that bring triton), onnxscript for the dynamo exporter and torch-pruning
-# (benchmarks/zoo.py times it here), and no TensorFlow. torchvision cannot be imported beside the project's CPU torch 2.13, and triton imported
-# after TensorFlow kills the process, so the models are exported here, in a process of their own.
+# (benchmarks/zoo.py times it here), and no TensorFlow. torchvision cannot be imported beside the
+# project's CPU torch 2.13, and triton imported after TensorFlow kills the process, so the models are
+# exported here, in a process of their own.
 #
 #   bash benchmarks/make_export_env.sh [VENV]     # default ~/.cache/spa_keras/torchvision-venv
 #

@@ -38,8 +38,8 @@ def _rss_mb() -> float:
 
 
 def product_macs(model, samples: int, size: int, rows_per_dim, batch_size: int = 32) -> float:
-    """``Σ rows × dim²`` of the Hessian products over ``samples`` images (each consumer's rows counted on
-    one image, then capped as OBSPA caps them)."""
+    """``Σ rows × dim²`` of the Hessian products over ``samples`` images (each call's rows counted on one
+    image, then capped per batch as :func:`obspa.hessian_step` caps them: feature-map calls only)."""
     import numpy as np
 
     from spa_keras.algorithms import obspa
@@ -54,9 +54,10 @@ def product_macs(model, samples: int, size: int, rows_per_dim, batch_size: int =
     total = 0.0
     batches = -(-samples // batch_size)
     for c, cap in zip(consumers, caps):
-        rows = sum(int(obspa.features(c, v, values[v.source]).shape[0]) for v in c.views) * min(samples, batch_size)
-        rows = rows if cap is None else min(rows, cap)
-        total += batches * rows * c.dim ** 2
+        for v in c.views:
+            rows = int(obspa.features(c, v, values[v.source]).shape[0]) * min(samples, batch_size)
+            rows = rows if cap is None or v.per_token else min(rows, cap)
+            total += batches * rows * c.dim ** 2
     return total
 
 

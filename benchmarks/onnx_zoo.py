@@ -468,7 +468,7 @@ def main(argv=None):
                 subprocess.run(["nice", "-n", "10", sys.executable, os.path.abspath(__file__), "--latency-only",
                                 "--one", os.path.join(args.cache, f"{name}.{e}.onnx"), "--row-out", cached],
                                capture_output=True, timeout=args.timeout, cwd=ROOT)
-                write_results(args.out, all_names, EXPORTERS, args.cache)
+                write_results(args.out, all_names, args.cache)
             continue
         if os.path.exists(cached) and (args.rerun == "none" or (args.rerun == "failed" and _load(cached).get("ok"))):
             continue
@@ -488,8 +488,8 @@ def main(argv=None):
             row = _load(cached)
             print(json.dumps({k: row.get(k) for k in ("model", "exporter", "ok", "macs_before", "macs_after",
                                                       "oracle_passed", "keras_matches", "error")}), flush=True)
-        write_results(args.out, all_names, EXPORTERS, args.cache)
-    print(json.dumps(write_results(args.out, all_names, EXPORTERS, args.cache), indent=1))
+        write_results(args.out, all_names, args.cache)
+    print(json.dumps(write_results(args.out, all_names, args.cache), indent=1))
     return 0
 
 
@@ -531,10 +531,10 @@ def collect(names, exporters, cache):
     return rows
 
 
-def write_results(out, names, exporters, cache):
-    """The whole table from the per-file results in ``cache``: every model with ``exporters`` (a run that
-    prunes with one exporter still writes both, or it would drop the other's rows)."""
-    rows = collect(names, exporters, cache)
+def write_results(out, names, cache):
+    """The whole table from the per-file results in ``cache``: every model with every exporter, whatever
+    ``--exporters`` a run prunes with (a table of one exporter would drop the other's rows)."""
+    rows = collect(names, EXPORTERS, cache)
     summary = summarise(rows)
     _write_json(out, dict(summary=summary, models=rows))
     return summary

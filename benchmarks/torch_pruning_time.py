@@ -29,7 +29,6 @@ def main(argv=None) -> int:
     import torch_pruning as tp
     import torchvision
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     module = getattr(torchvision.models, args.model)(weights=None).eval()
     example = torch.randn(1, 3, args.size, args.size)
     times = []
