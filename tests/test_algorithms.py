@@ -320,12 +320,13 @@ def test_row_cap_samples_hessians_and_repeats_exactly():
     assert verify(plan.source, plan, spa.apply(plan), images(4, seed=3))["passed"]
 
 
-@pytest.mark.parametrize("strides,dilation,padding", [(1, 1, "same"), (2, 1, "same"), (2, 1, "valid"),
-                                                      (1, 2, "same"), (3, 1, "same")])
-def test_sampled_patches_are_the_unfolded_patches(strides, dilation, padding):
+@pytest.mark.parametrize("kernel,strides,dilation,padding", [
+    (3, 1, 1, "same"), (3, 2, 1, "same"), (3, 2, 1, "valid"), (3, 1, 2, "same"), (3, 3, 1, "same"),
+    (1, 2, 1, "same"), ((1, 3), 1, 1, "valid")])
+def test_sampled_patches_are_the_unfolded_patches(kernel, strides, dilation, padding):
     """With a cap above the row count every row is kept: the patches gathered at the sampled positions
     are exactly those ``tf.image.extract_patches`` unfolds, in the same order, and those rows times the
-    kernel are the convolution's outputs."""
+    kernel are the convolution's outputs; traced with unknown spatial sizes, the same rows are drawn."""
     import tensorflow as tf
 
     from spa_keras.algorithms.obs_solver import matrix
@@ -333,7 +334,7 @@ def test_sampled_patches_are_the_unfolded_patches(strides, dilation, padding):
 
     inp = keras.Input((11, 10, 3))
     x = L.Conv2D(4, 3, padding="same", name="c0")(inp)
-    model = keras.Model(inp, L.Conv2D(5, 3, strides=strides, dilation_rate=dilation, padding=padding,
+    model = keras.Model(inp, L.Conv2D(5, kernel, strides=strides, dilation_rate=dilation, padding=padding,
                                       name="c1")(x))
     kg = from_keras(model)
     (c,) = [c for c in find_consumers(kg, analyse(kg.graph), 2048) if c.node.layer == "c1"]
@@ -349,3 +350,6 @@ def test_sampled_patches_are_the_unfolded_patches(strides, dilation, padding):
     some, p = sampled_features(c, c.views[0], a, 20, tf.constant([0, 1]))
     rows = {tuple(r) for r in full}
     assert 0 < some.shape[0] < full.shape[0] and all(tuple(r) in rows for r in some.numpy())
+    traced = tf.function(lambda t: sampled_features(c, c.views[0], t, 20, tf.constant([0, 1]))[0],
+                         input_signature=[tf.TensorSpec((None, None, None, 4))], autograph=False)
+    np.testing.assert_array_equal(traced(a).numpy(), some.numpy())

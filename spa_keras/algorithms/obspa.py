@@ -200,8 +200,10 @@ def _padded(view, x):
         if padding.lower() == "valid":
             return x
         pads = []
-        for size, k, s, d in ((x.shape[1], kh, sh, dh), (x.shape[2], kw, sw, dw)):
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)  # TensorFlow's "same"
+        for axis, k, s, d in ((1, kh, sh, dh), (2, kw, sw, dw)):
+            size = x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]
+            total = (-(-size // s) - 1) * s + (k - 1) * d + 1 - size  # TensorFlow's "same"
+            total = max(total, 0) if isinstance(total, int) else tf.maximum(total, 0)
             pads.append([total // 2, total - total // 2])
     else:
         pads = [list(padding[0]), list(padding[1])]
@@ -225,29 +227,37 @@ def features(consumer: Consumer, view, x):
 def sampled_features(consumer: Consumer, view, x, cap: int, seed):
     """``(rows, probability)``: every row of :func:`features` kept with probability ``min(1, cap / rows)``
     (drawn from the stateless ``seed``). Only the rows kept are built: a convolution's patches are
-    gathered at the sampled positions, not unfolded everywhere first."""
+    gathered at the sampled positions, not unfolded everywhere first. Few ops, as this is traced once
+    per consumer: a patch is one gather from the flattened feature map, at its first element's offset
+    plus the kernel's fixed offsets."""
     x = _channels_last(view, x)
-    if consumer.mode == "patches":
+    patches = consumer.mode == "patches"
+    if patches:
         (kh, kw), (sh, sw), (dh, dw) = view.kernel_size, view.strides, view.dilation
         x = _padded(view, x)
-        shape = tf.shape(x, out_type=tf.int64)
-        oh = (shape[1] - (kh - 1) * dh - 1) // sh + 1
-        ow = (shape[2] - (kw - 1) * dw - 1) // sw + 1
-        n = shape[0] * oh * ow
-    else:
+        if kh == kw == 1:  # a pointwise convolution's rows are the feature map's (strided) positions
+            x, patches = x[:, ::sh, ::sw], False
+    if not patches:
         x = tf.reshape(x, (-1, consumer.width))
         n = tf.shape(x, out_type=tf.int64)[0]
+    else:
+        dynamic = tf.shape(x, out_type=tf.int64)
+        h, w = (x.shape[i] if x.shape[i] is not None else dynamic[i] for i in (1, 2))
+        oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+        n = dynamic[0] * oh * ow
     p = tf.minimum(tf.constant(1.0, tf.float64), float(cap) / tf.maximum(tf.cast(n, tf.float64), 1.0))
     at = tf.where(tf.random.stateless_uniform((n,), seed, dtype=tf.float64) < p)[:, 0]
-    if consumer.mode != "patches":
+    if not patches:
         return _augment(consumer, tf.gather(x, at)), p
     b, i, j = at // (oh * ow), (at % (oh * ow)) // ow, at % ow
-    rows = i[:, None] * sh + tf.range(kh, dtype=tf.int64)[None, :] * dh  # (m, kh)
-    cols = j[:, None] * sw + tf.range(kw, dtype=tf.int64)[None, :] * dw  # (m, kw)
-    m = tf.shape(at)[0]
-    index = tf.stack([tf.broadcast_to(b[:, None, None], (m, kh, kw)), tf.broadcast_to(rows[:, :, None], (m, kh, kw)),
-                      tf.broadcast_to(cols[:, None, :], (m, kh, kw))], axis=-1)
-    return _augment(consumer, tf.reshape(tf.gather_nd(x, index), (-1, consumer.width))), p
+    first = (b * h + i * sh) * w + j * sw  # the flat position of each patch's first element
+    if isinstance(w, int):  # the kernel's offsets from its first element, in extract_patches' order
+        offsets = (np.arange(kh)[:, None] * dh * w + np.arange(kw)[None, :] * dw).reshape(-1)
+    else:
+        row, col = tf.range(kh, dtype=tf.int64)[:, None] * dh * w, tf.range(kw, dtype=tf.int64)[None, :] * dw
+        offsets = tf.reshape(row + col, (-1,))
+    flat = tf.reshape(x, (-1, consumer.width // (kh * kw) if x.shape[-1] is None else x.shape[-1]))
+    return _augment(consumer, tf.reshape(tf.gather(flat, first[:, None] + offsets), (-1, consumer.width))), p
 
 
 def hessian_step(model, consumers, caps=None):
@@ -315,7 +325,7 @@ def accumulate_hessians(model, consumers, inputs, batch_size: int, strategy=None
         fn = step
         data = data.as_numpy_iterator()
     elif strategy is None:
-        fn = tf.function(step, reduce_retracing=True)
+        fn = tf.function(step, reduce_retracing=True, autograph=False)
     else:
         data = strategy.experimental_distribute_dataset(data)
 
@@ -326,7 +336,7 @@ def accumulate_hessians(model, consumers, inputs, batch_size: int, strategy=None
             per = strategy.run(per_replica, args=(x, seed))
             return [strategy.reduce(tf.distribute.ReduceOp.SUM, p, axis=None) for p in per]
 
-        fn = tf.function(replicated, reduce_retracing=True)
+        fn = tf.function(replicated, reduce_retracing=True, autograph=False)
     sums = [np.zeros((c.dim, c.dim)) for c in consumers]
     for b, x in enumerate(data):
         seed = tf.constant([0, b], tf.int32)

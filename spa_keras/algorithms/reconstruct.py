@@ -152,9 +152,9 @@ def _train(trainer, inputs, epochs, batch_size, lr, penalty=None, decay=0.0, bar
         return loss
 
     if strategy is None:
-        run = tf.function(step, reduce_retracing=True)
+        run = tf.function(step, reduce_retracing=True, autograph=False)
     else:
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def run(x, lam):
             per = strategy.run(step, args=(x, lam))
             return strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None)

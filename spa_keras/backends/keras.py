@@ -113,7 +113,7 @@ class _Rebuilder:
             spec = self.kg.specs[node.name] if node is not None else None
             values = []
             for v_old, v_new in zip(old.weights, new.weights):
-                value = np.asarray(v_old.numpy())
+                value = fk.snapshot(v_old)
                 p = params.get(id(v_old))
                 if p is not None:
                     value = transform(node, p, value)

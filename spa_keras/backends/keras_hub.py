@@ -16,7 +16,7 @@ import inspect
 import numpy as np
 
 from ..errors import RebuildError
-from ..frontends.keras import param_name
+from ..frontends.keras import param_name, snapshot
 from ..frontends.keras.hub import BACKBONES, FAMILIES
 
 HUB = "keras_hub."
@@ -133,7 +133,7 @@ def apply_hub_plan(kg, plan, transform=None):
             var = kg.variables[p.key]
             if var.path in values:
                 continue
-            value = transform(node, p, np.asarray(var.numpy()))
+            value = transform(node, p, snapshot(var))
             for axis, idx in plan.keep_indices(node, p).items():
                 value = np.take(value, idx, axis=axis)
             if spec.transform is not None:
@@ -148,7 +148,7 @@ def apply_hub_plan(kg, plan, transform=None):
         if value is None:
             if v.path not in old:
                 raise RebuildError(f"the rebuilt {type(model).__name__} has a weight {v.path!r} the original lacks")
-            value = np.asarray(old[v.path].numpy())
+            value = snapshot(old[v.path])
         if tuple(value.shape) != tuple(v.shape):
             raise RebuildError(f"{type(model).__name__}: weight {v.path} sliced to {value.shape} but the rebuilt "
                                f"model expects {tuple(v.shape)}")

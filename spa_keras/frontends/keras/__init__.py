@@ -11,12 +11,12 @@
 
 from . import hub as _hub  # noqa: F401 - registers keras_hub's blocks (by name: keras_hub is not imported)
 from . import layers as _layers  # noqa: F401 - registers Keras' own layers
-from .graph import KerasGraph, from_keras, param_name
+from .graph import KerasGraph, from_keras, param_name, snapshot
 from .walk import fill_in, functional_of, is_model, pack_inputs, pack_outputs, topological_nodes
 from .registry import REGISTRY, Call, register, register_layer
 from ..spec import Spec
 
 __all__ = [
     "KerasGraph", "from_keras", "functional_of", "is_model", "topological_nodes", "fill_in", "pack_inputs",
-    "pack_outputs", "param_name", "REGISTRY", "Call", "register", "register_layer", "Spec",
+    "pack_outputs", "param_name", "snapshot", "REGISTRY", "Call", "register", "register_layer", "Spec",
 ]
