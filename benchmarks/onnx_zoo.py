@@ -103,7 +103,6 @@ def rebatch(model, n):
     Reshape shape constant that starts with the batch. Checked by the caller."""
     import copy
 
-    import numpy as np
     import onnx
     from onnx import numpy_helper
 

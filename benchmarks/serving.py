@@ -30,12 +30,10 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import spa_keras as spa  # noqa: E402
 from spa_keras.backends.fold import fold_batchnorm  # noqa: E402
-from spa_keras.frontends.keras import from_keras  # noqa: E402
 from spa_keras.metrics import count_macs, load_average, measure_latency, serving_function, wait_for_quiet  # noqa: E402
 from spa_keras.testing import build_zoo_model, perturb_statistics  # noqa: E402
 

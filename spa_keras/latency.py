@@ -119,15 +119,13 @@ class LatencyModel:
 
     def __init__(self, view, batch_size: int, repeats: int = 10, table: LatencyTable | None = None,
                  measured_full: float | None = None):
-        import keras
-
         self.view, self.batch = view, batch_size
         self.table = table or LatencyTable()
         graph = view.graph
         self.layers = []  # (node, in tensor, out tensor, depthwise, coefficients a, b, c, d)
         for node in graph.nodes:
-            op = node.ref[0] if isinstance(node.ref, tuple) else None
-            depthwise = node.kind == "depthwise" and isinstance(op, keras.layers.Layer)
+            op = view.layer(node)
+            depthwise = node.kind == "depthwise" and op is not None
             if not (view.linear(node) is not None or depthwise) or not node.inputs or not node.outputs:
                 continue
             in_t, out_t = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]

@@ -108,6 +108,11 @@ class KerasGraph(ModelView):
     def variable(self, key):
         return self.variables[key]
 
+    def layer(self, node):
+        """The Keras layer a node calls (``None`` for a ``keras.ops`` call)."""
+        op = node.ref[0]
+        return op if isinstance(op, keras.layers.Layer) else None
+
     def is_trainable(self, key) -> bool:
         return bool(self.variables[key].trainable)
 
