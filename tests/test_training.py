@@ -40,6 +40,29 @@ def data(n=128, seed=0):
     return x, y
 
 
+def test_training_the_slim_model_leaves_the_original_untouched():
+    """Weights are read as snapshots that share the variables' buffers: a weight copied whole into the
+    slim model (``out``, whose inputs the ignored layer ``fc`` keeps) must not tie the two models together."""
+    from spa_keras.frontends.keras import snapshot
+    from spa_keras.testing import weights_hash
+
+    model, (x, y) = cnn(), data()
+    before = weights_hash(model)
+    slim = spa.prune(model, ratio=0.5, ignored_layers=["fc"])
+    np.testing.assert_array_equal(slim.get_layer("out").kernel.numpy(), model.get_layer("out").kernel.numpy())
+    slim.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    slim.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    assert not np.array_equal(slim.get_layer("out").kernel.numpy(), model.get_layer("out").kernel.numpy())
+    assert weights_hash(model) == before
+    kernel = model.get_layer("c1").kernel
+    seen = snapshot(kernel)
+    with pytest.raises(ValueError):
+        seen[0, 0, 0, 0] = 1.0
+    old = seen.copy()
+    kernel.assign(np.zeros(kernel.shape, "float32"))
+    np.testing.assert_array_equal(seen, old)  # a snapshot keeps the value it was read with
+
+
 def test_schedules():
     assert schedule_fraction("constant", 0.0) == 1.0
     assert schedule_fraction("linear", 0.25) == 0.25
