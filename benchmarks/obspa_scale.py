@@ -10,7 +10,8 @@ and, as a check of what the sampling costs, the slim model's output error on 32 
 relative difference of its logits from the unpruned model's.
 `--solver old` runs the greedy search as it was before the blocked solver (tests/obspa_reference.py);
 its cost does not depend on the number of samples, so `--samples 32` is enough to time it.
-Writes benchmarks/results/obspa_scale.json (rows are added, keyed by model, solver and samples).
+Writes benchmarks/results/obspa_scale.json (rows are added, keyed by model, solver, samples, rows_per_dim and
+the commit measured, `code`).
 
     PYTHONPATH=. nice -n 10 python benchmarks/obspa_scale.py
     PYTHONPATH=. python benchmarks/obspa_scale.py --models ResNet50 --solver old --samples 32
@@ -124,6 +125,17 @@ def one(name: str, samples: int, size: int, solver: str, rows_per_dim=None) -> d
                 removed=int(plan.n_removed))
 
 
+def _code_version():
+    """The commit of the spa_keras being measured (``+`` when its work tree has changes)."""
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "spa_keras"], capture_output=True,
+                               text=True).stdout
+        return rev.strip() + ("+" if dirty.strip() else "")
+    except OSError:
+        return None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=["MobileNetV2", "ResNet50", "DenseNet121"])
@@ -144,8 +156,10 @@ def main(argv=None):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cap = [] if args.rows_per_dim is None else ["--rows-per-dim", str(args.rows_per_dim)]
 
-    def key(row):
-        return row["model"], row["solver"], row["samples"], row.get("rows_per_dim")
+    code = _code_version()
+
+    def key(row):  # a run of other code is kept beside this one
+        return row["model"], row["solver"], row["samples"], row.get("rows_per_dim"), row.get("code")
 
     for name in args.models:
         r = subprocess.run([sys.executable, __file__, "--one", name, "--samples", str(args.samples), "--size",
@@ -155,6 +169,7 @@ def main(argv=None):
                        error=r.stderr[-2000:])
         else:
             row = json.loads(r.stdout.strip().splitlines()[-1])
+        row["code"] = code
         print(json.dumps(row), flush=True)
         rows = [x for x in rows if key(x) != key(row)]
         rows.append(row)

@@ -9,19 +9,23 @@ and their slim versions (group L2, ratio 0.5), at batch 1 and 8, writes benchmar
   weights): if the rebuild added anything, this would be faster;
 - an op-by-op profile (tf.profiler trace of the traced graph, time per op type per run);
 - widths: global pruning with round_to 1, 8 and 16 (MACs and latency), and a 1x1-convolution sweep over
-  output widths 56..72, to see whether multiples of the vector width (8 floats with AVX2) run faster.
+  output widths 56..72, to see whether multiples of the vector width (8 floats with AVX2) run faster;
+- ``--control-only``: the slim model against the same architecture built from scratch (fresh weights, and
+  the slim weights copied in), timed in interleaved rounds so that no variant is always timed last.
 
 Every figure carries the 1-minute load average when it was taken; the script waits (up to --wait
 seconds) for the load to fall under --max-load before each model.
 
     PYTHONPATH=. nice -n 10 python benchmarks/serving.py
     PYTHONPATH=. python benchmarks/serving.py --models ResNet50 --batches 8 --no-profile
+    PYTHONPATH=. python benchmarks/serving.py --models ResNet50 MobileNetV2 --batches 8 --control-only --repeats 15
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import shutil
 import sys
@@ -131,6 +135,25 @@ def bench_model(name, size, batches, repeats, profile, max_load, wait):
     return row
 
 
+def scratch_control(name, size, batch, repeats, rounds, max_load, wait) -> dict:
+    """The written slim model against ``keras.Model.from_config`` of its config (fresh weights, and the
+    slim weights set into it), BatchNorm kept, each timed once per round in turn: medians per round."""
+    full = perturb_statistics(build_zoo_model(name, size))
+    slim = spa.prune(full, ratio=0.5)
+    scratch = keras.Model.from_config(slim.get_config())
+    same = keras.Model.from_config(slim.get_config())
+    same.set_weights(slim.get_weights())
+    variants = {"slim": slim, "scratch": scratch, "scratch_with_slim_weights": same}
+    out = {"model": name, "batch": batch, "repeats": repeats, "rounds": {k: [] for k in variants}, "load": []}
+    wait_for_quiet(max_load, wait)
+    for _ in range(rounds):
+        for k, m in variants.items():
+            out["rounds"][k].append(measure_latency(m, batch_size=batch, repeats=repeats, warmup=3)["median_s"])
+        out["load"].append(load_average())
+    print("control", {k: [round(1e3 * t, 1) for t in v] for k, v in out["rounds"].items()}, flush=True)
+    return out
+
+
 def widths(max_load, wait, repeats) -> dict:
     """Global pruning of MobileNetV2 with round_to 1/8/16, and a 1x1 convolution sweep over widths."""
     out = {"mobilenetv2_global": [], "conv1x1": []}
@@ -164,12 +187,22 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-widths", action="store_true")
+    ap.add_argument("--control-only", action="store_true", help="only the interleaved slim / scratch control")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-load", type=float, default=1.5)
     ap.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a quiet machine (default 600)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "serving.json"))
     args = ap.parse_args(argv)
     result = {"machine": f"{os.cpu_count()} CPU cores", "tensorflow": tf.__version__, "keras": keras.__version__,
               "repeats": args.repeats, "max_load": args.max_load, "load_at_start": load_average(), "models": []}
+    if args.control_only:
+        if os.path.exists(args.out):
+            with open(args.out) as f:
+                result = json.load(f)
+        result["scratch_control"] = [scratch_control(name, args.size, b, args.repeats, args.rounds, args.max_load,
+                                                     args.wait) for name in args.models for b in args.batches]
+        write_json(args.out, result)
+        return 0
     for name in args.models:
         result["models"].append(bench_model(name, args.size, args.batches, args.repeats, not args.no_profile,
                                             args.max_load, args.wait))

@@ -320,6 +320,25 @@ def test_row_cap_samples_hessians_and_repeats_exactly():
     assert verify(plan.source, plan, spa.apply(plan), images(4, seed=3))["passed"]
 
 
+@pytest.mark.parametrize("rows,dim,many", [(600, 300, True), (700, 520, True), (900, 1100, True),
+                                           (40, 1100, False), (60, 100, True)])
+def test_gram_computes_the_upper_blocks_and_mirrors_them(rows, dim, many):
+    """``gram`` equals ``fᵀf``, block by block (2 to 4 column blocks of at least 256 columns, or one)."""
+    import tensorflow as tf
+
+    from spa_keras.algorithms.obspa import gram
+
+    f = np.random.default_rng(dim).standard_normal((rows, dim)).astype("float32")
+    want = f.astype(np.float64).T @ f.astype(np.float64)
+    got = gram(tf.constant(f), many).numpy()
+    assert got.shape == (dim, dim)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    k = min(4, dim // 256) if many else 1
+    if k > 1:  # the blocks below the diagonal are exact transposes of those above
+        edges = [dim * i // k for i in range(k + 1)]
+        np.testing.assert_array_equal(got[edges[1]:, :edges[1]], got[:edges[1], edges[1]:].T)
+
+
 @pytest.mark.parametrize("kernel,strides,dilation,padding", [
     (3, 1, 1, "same"), (3, 2, 1, "same"), (3, 2, 1, "valid"), (3, 1, 2, "same"), (3, 3, 1, "same"),
     (1, 2, 1, "same"), ((1, 3), 1, 1, "valid")])
