@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from common import code_version
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "results", "obspa_scale.json")
@@ -125,17 +127,6 @@ def one(name: str, samples: int, size: int, solver: str, rows_per_dim=None) -> d
                 removed=int(plan.n_removed))
 
 
-def _code_version():
-    """The commit of the spa_keras being measured (``+`` when its work tree has changes)."""
-    try:
-        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "spa_keras"], capture_output=True,
-                               text=True).stdout
-        return rev.strip() + ("+" if dirty.strip() else "")
-    except OSError:
-        return None
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=["MobileNetV2", "ResNet50", "DenseNet121"])
@@ -156,7 +147,7 @@ def main(argv=None):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cap = [] if args.rows_per_dim is None else ["--rows-per-dim", str(args.rows_per_dim)]
 
-    code = _code_version()
+    code = code_version()
 
     def key(row):  # a run of other code is kept beside this one
         return row["model"], row["solver"], row["samples"], row.get("rows_per_dim"), row.get("code")

@@ -41,6 +41,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import onnx  # noqa: E402
 
+from common import code_version  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # this checkout's spa_keras, not an installed one
@@ -173,17 +175,6 @@ def held_summary(graph, limit=8):
     return [dict(reason=r, ops=c) for r, c in counts.most_common(limit)]
 
 
-def _code_version():
-    """The commit of the spa_keras being measured (``+`` when the work tree has changes)."""
-    try:
-        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "spa_keras"], capture_output=True,
-                               text=True).stdout
-        return rev.strip() + ("+" if dirty.strip() else "")
-    except OSError:
-        return None
-
-
 def input_sensitivity(model, x):
     """How much the output moves between two inputs, relative to its size: near 0, the model's output
     does not depend on its input (vanishing activations) and no check at the output can see a channel."""
@@ -254,7 +245,7 @@ def sensitise(model, seed=0):
     return model
 
 
-CODE_VERSION = _code_version()  # when this process started: the code it imported
+CODE_VERSION = code_version()  # when this process started: the code it imported
 
 
 def prune_one(path, keras_check=True, measure=True):
