@@ -27,22 +27,39 @@ def load(name):
         return json.load(f)
 
 
+def _zoo_latency(r) -> str:
+    """Batch 1 and 8 in the serving path (ms, before → after), the speed-ups and batch 8's efficiency; rows of
+    the older format (one eager batch-8 figure under load) are marked *."""
+    lat = r.get("latency")
+    if isinstance(lat, dict) and lat:
+        cells = []
+        for b in ("b1", "b8"):
+            v = lat.get(b)
+            cells.append(f"{1e3 * v['serving_before_s']:.1f} → {1e3 * v['serving_after_s']:.1f}" if v else "–")
+        speed = " / ".join(f"{lat[b]['speedup']:.2f}x" if b in lat else "–" for b in ("b1", "b8"))
+        eff = r.get("efficiency", {}).get("b8")
+        return " | ".join(cells) + f" | {speed} | " + (f"{eff:.2f}" if eff is not None else "–")
+    if "speedup" in r:
+        return (f"– | {1e3 * r['latency_before_s']:.0f} → {1e3 * r['latency_after_s']:.0f} * | "
+                f"{r['speedup']:.2f}x * | {r['speedup'] / r['macs_reduction']:.2f} *")
+    return "– | – | – | –"
+
+
 def zoo_table(data) -> str:
     rows = [
         "| model | GMACs before → after | MACs ÷ | params (M) before → after | plan (s) | rebuild (s) | "
-        "clone_model (s) | Keras build (s) | oracle | latency b=8 (s) before → after | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "clone_model (s) | Keras build (s) | oracle | b=1 (ms) | b=8 (ms) | speed-up b=1 / 8 | efficiency b=8 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in data["models"]:
+    for r in sorted(data["models"], key=lambda r: r["model"]):
         if "error" in r:
-            rows.append(f"| {r['model']} | error: {r['error']} |" + " |" * 9)
+            rows.append(f"| {r['model']} | error: {r['error']} |" + " |" * 11)
             continue
-        lat = (f"{r['latency_before_s']:.3f} → {r['latency_after_s']:.3f} | {r['speedup']:.2f}x"
-               if "speedup" in r else "– | –")
         rows.append(
             f"| {r['model']} | {r['macs_before'] / 1e9:.2f} → {r['macs_after'] / 1e9:.2f} | {r['macs_reduction']:.2f} | "
             f"{r['params_before'] / 1e6:.1f} → {r['params_after'] / 1e6:.1f} | {r['plan_s']:.3f} | {r['rebuild_s']:.2f} | "
-            f"{r['clone_model_s']:.2f} | {r['keras_build_slim_s']:.2f} | {'pass' if r['oracle_passed'] else 'FAIL'} | {lat} |"
+            f"{r['clone_model_s']:.2f} | {r['keras_build_slim_s']:.2f} | {'pass' if r['oracle_passed'] else 'FAIL'} | "
+            f"{_zoo_latency(r)} |"
         )
     return "\n".join(rows)
 
