@@ -256,7 +256,7 @@ def sampled_features(consumer: Consumer, view, x, cap: int, seed):
     else:
         row, col = tf.range(kh, dtype=tf.int64)[:, None] * dh * w, tf.range(kw, dtype=tf.int64)[None, :] * dw
         offsets = tf.reshape(row + col, (-1,))
-    flat = tf.reshape(x, (-1, consumer.width // (kh * kw) if x.shape[-1] is None else x.shape[-1]))
+    flat = tf.reshape(x, (-1, consumer.width // (kh * kw)))  # one position's channels per line
     return _augment(consumer, tf.reshape(tf.gather(flat, first[:, None] + offsets), (-1, consumer.width))), p
 
 

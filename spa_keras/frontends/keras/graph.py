@@ -110,7 +110,7 @@ class KerasGraph(ModelView):
 
     def layer(self, node):
         """The Keras layer a node calls (``None`` for a ``keras.ops`` call)."""
-        op = node.ref[0]
+        op = node.ref[0] if isinstance(node.ref, tuple) else None
         return op if isinstance(op, keras.layers.Layer) else None
 
     def is_trainable(self, key) -> bool:

@@ -34,7 +34,7 @@ def _padding(op, rank):
 def linear(kg, node) -> LinearView | None:
     """``Dense``, a 2-D-kernel ``EinsumDense`` acting on the last axis, and ``Conv1D/2D/3D`` with
     ``groups == 1`` in channels_last layout."""
-    op = node.ref[0] if isinstance(node.ref, tuple) else None
+    op = kg.layer(node)
     if node.kind != "linear" or op is None:
         return None
     kernel, bias = _param(node, "kernel"), _param(node, "bias")
@@ -75,7 +75,7 @@ def linears(kg, node) -> list:
 
 
 def batchnorm(kg, node) -> BatchNormView | None:
-    op = node.ref[0] if isinstance(node.ref, tuple) else None
+    op = kg.layer(node)
     if not isinstance(op, L.BatchNormalization) or node.kind != "identity":
         return None
     mean, var = _param(node, "moving_mean"), _param(node, "moving_variance")
