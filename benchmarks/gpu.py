@@ -7,7 +7,8 @@ model (keras.applications, weights=None, 224x224, random calibration images) it 
 - Hessian accumulation: OBSPA's traced step (the model run to its consumers' inputs, then ``XᵀX`` per
   consumer) over ``--samples`` images in batches of ``--batch-size``, with the FLOPs of the ``XᵀX``
   products, so the achieved rate reads against the peak;
-- the solves: each consumer's damped Cholesky inverse in float64 on the device.
+- the solves: each consumer's damped Cholesky inverse in float64 on the device, and OBSPA's own
+  (LAPACK on the host) beside it.
 
 Writes benchmarks/results/gpu.json.
 
@@ -77,15 +78,23 @@ def one_model(name: str, samples: int, batch_size: int, peak: dict) -> dict:
     hessians = obspa.accumulate_hessians(view, consumers, [x], batch_size)
     accumulate = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for h in hessians.values():
-        obspa.inverse(h, 1e-2).numpy()
+    for h in hessians.values():  # OBSPA inverts on the host (LAPACK); here, the same Cholesky inverse on the device
+        h = tf.constant(h, tf.float64)
+        eye = tf.eye(h.shape[0], dtype=tf.float64)
+        tf.linalg.cholesky_solve(tf.linalg.cholesky(h + 1e-2 * tf.reduce_mean(tf.linalg.diag_part(h)) * eye),
+                                 eye).numpy()
     solves = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for h in hessians.values():
+        obspa.inverse(h, 1e-2)
+    solves_host = time.perf_counter() - t0
     rate = flops / per_batch / 1e12
     return {"model": name, "samples": samples, "batch_size": batch_size, "consumers": len(consumers),
             "largest_dim": max(c.dim for c in consumers), "hessian_batch_seconds": round(per_batch, 4),
             "hessian_xtx_tflops_per_batch": round(flops / 1e12, 3), "hessian_tflops": round(rate, 2),
             "fraction_of_fp32_peak": round(rate / peak["float32"]["tflops"], 3),
-            "accumulate_seconds": round(accumulate, 2), "solve_seconds_float64": round(solves, 2)}
+            "accumulate_seconds": round(accumulate, 2), "solve_seconds_float64": round(solves, 2),
+            "solve_seconds_host_lapack": round(solves_host, 2)}
 
 
 def main(argv=None):

@@ -9,8 +9,25 @@ import tensorflow as tf
 from spa_keras.algorithms.obs_solver import (  # unchanged by the new solver
     _greedy,
     _rows_by_class,
-    remove_rows,
 )
+
+
+def remove_rows(w, hinv, rows):
+    """Remove the rows ``rows`` with the OBS update: ``(W', H⁻¹', loss)``; the removed rows of
+    ``W'`` are zero and ``H⁻¹'`` is the inverse Hessian of the rows that stay."""
+    rows = tf.constant(np.asarray(rows, np.int64))
+    hpp = tf.gather(tf.gather(hinv, rows), rows, axis=1)
+    wp = tf.gather(w, rows)
+    sol = tf.linalg.solve(hpp, wp)
+    loss = tf.reduce_sum(wp * sol)
+    col = tf.gather(hinv, rows, axis=1)
+    w = w - col @ sol
+    hinv = hinv - col @ tf.linalg.solve(hpp, tf.gather(hinv, rows))
+    keep = tf.tensor_scatter_nd_update(tf.ones(w.shape[0], tf.float64), rows[:, None],
+                                       tf.zeros(rows.shape[0], tf.float64))
+    w = w * keep[:, None]
+    hinv = hinv * keep[:, None] * keep[None, :]
+    return w, hinv, loss
 
 
 def _pp(hinv, rows):

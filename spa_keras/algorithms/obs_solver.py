@@ -1,13 +1,13 @@
 """The linear algebra of OBSPA (:mod:`.obspa`): a consumer's weights as the matrix its features multiply,
 the damped inverse Hessian, the joint Optimal Brain Surgeon update, and the greedy search of a group's
-channel classes on each consumer's own rows. NumPy and TensorFlow only: nothing here knows a model."""
+channel classes on each consumer's own rows. NumPy and SciPy only: nothing here knows a model."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import tensorflow as tf
+from scipy.linalg import blas
 
 # ---- the matrices -----------------------------------------------------------------------------------
 
@@ -47,44 +47,36 @@ def unmatrix(consumer, w: np.ndarray, kernel: np.ndarray, bias):
     return k.astype(kernel.dtype), delta
 
 
-def inverse(h: np.ndarray, damp: float) -> tf.Tensor:
-    """``(H + λ I)⁻¹`` with ``λ = damp * mean(diag H)``; the damping grows tenfold until the Cholesky
-    factorisation succeeds (dead channels make ``H`` singular)."""
-    h = tf.constant(h, tf.float64)
-    eye = tf.eye(h.shape[0], dtype=tf.float64)
-    scale = tf.maximum(tf.reduce_mean(tf.linalg.diag_part(h)), 1e-12)
+def inverse(h: np.ndarray, damp: float) -> np.ndarray:
+    """``(H + λ I)⁻¹`` with ``λ = damp * mean(diag H)`` in float64, from its Cholesky factor (LAPACK's
+    ``potrf`` and ``potri``: ``n³`` flops, 4x faster than solving against the identity at ``n = 2049``,
+    measured); the damping grows tenfold until the factorisation succeeds (dead channels make ``H``
+    singular)."""
+    from scipy.linalg import lapack
+
+    h = np.asarray(h, np.float64)
+    scale = max(float(np.mean(np.diag(h))), 1e-12)
     for _ in range(12):
-        chol = tf.linalg.cholesky(h + damp * scale * eye)
-        if bool(tf.reduce_all(tf.math.is_finite(chol))):
-            return tf.linalg.cholesky_solve(chol, eye)
+        damped = h + damp * scale * np.eye(len(h))
+        chol, info = lapack.dpotrf(damped, lower=True, clean=False, overwrite_a=True)
+        if info == 0 and np.isfinite(chol).all():
+            inv, info = lapack.dpotri(chol, lower=True, overwrite_c=True)
+            if info == 0:
+                lower = np.tril(inv)
+                return lower + np.tril(lower, -1).T
         damp = max(damp * 10, 1e-12)
     raise FloatingPointError("the Hessian could not be inverted (non-finite activations?)")
 
 
-def remove_rows(w, hinv, rows):
-    """Remove the rows ``rows`` with the OBS update: ``(W', H⁻¹', loss)``; the removed rows of
-    ``W'`` are zero and ``H⁻¹'`` is the inverse Hessian of the rows that stay."""
-    rows = tf.constant(np.asarray(rows, np.int64))
-    hpp = tf.gather(tf.gather(hinv, rows), rows, axis=1)
-    wp = tf.gather(w, rows)
-    sol = tf.linalg.solve(hpp, wp)
-    loss = tf.reduce_sum(wp * sol)
-    col = tf.gather(hinv, rows, axis=1)
-    w = w - col @ sol
-    hinv = hinv - col @ tf.linalg.solve(hpp, tf.gather(hinv, rows))
-    keep = tf.tensor_scatter_nd_update(tf.ones(w.shape[0], tf.float64), rows[:, None],
-                                       tf.zeros(rows.shape[0], tf.float64))
-    w = w * keep[:, None]
-    hinv = hinv * keep[:, None] * keep[None, :]
-    return w, hinv, loss
-
-
-def compensate(w: np.ndarray, hinv, rows) -> np.ndarray:
-    """``W`` with ``rows`` removed and the rest re-fitted (the joint OBS update)."""
+def compensate(w: np.ndarray, hinv: np.ndarray, rows) -> np.ndarray:
+    """``W`` with ``rows`` removed and the rest re-fitted, the joint OBS update:
+    ``W − (H⁻¹)_{:P} ((H⁻¹)_PP)⁻¹ W_P`` with the rows ``P`` then zero."""
+    rows = np.asarray(rows, np.int64)
     if len(rows) == 0:
         return w
-    w2, _, _ = remove_rows(tf.constant(w, tf.float64), hinv, rows)
-    return w2.numpy()
+    w = w - hinv[:, rows] @ _spd_solve(hinv[np.ix_(rows, rows)], w[rows])
+    w[rows] = 0
+    return w
 
 
 # ---- scoring ----------------------------------------------------------------------------------------
@@ -102,11 +94,13 @@ def _rows_by_class(row_cls: np.ndarray, classes: np.ndarray):
 
 
 def _spd_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a⁻¹ b`` for a symmetric positive definite ``a`` (a block of an inverse Hessian); a block made
-    singular by rounding falls back to a least-squares solve."""
+    """``a⁻¹ b`` for a symmetric positive definite ``a`` (a block of an inverse Hessian), by Cholesky; a
+    block made singular by rounding falls back to a least-squares solve."""
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
     try:
-        return np.linalg.solve(a, b)
-    except np.linalg.LinAlgError:
+        return cho_solve(cho_factor(a, lower=True, check_finite=False), b, check_finite=False)
+    except (LinAlgError, np.linalg.LinAlgError):
         return np.linalg.lstsq(a, b, rcond=None)[0]
 
 
@@ -142,16 +136,19 @@ class _Part:
         W_P ← W_P − (H⁻¹)_{PS} ((H⁻¹)_SS)⁻¹ W_S,     (H⁻¹)_PP ← (H⁻¹)_PP − (H⁻¹)_{PS} ((H⁻¹)_SS)⁻¹ (H⁻¹)_{SP}
 
     which is the dense update restricted to ``P`` (exactly what the full-matrix search computed for those
-    rows), at ``O(|P|² |S|)`` instead of ``O(d² |S|)`` per block of classes, in NumPy float64; the rows of
-    ``S`` are dropped after each block."""
+    rows), at ``O(|P|² |S|)`` instead of ``O(d² |S|)`` per block of classes, in NumPy float64. The update
+    leaves the rows and columns of ``S`` at zero, so they stay in place (set to exactly zero) until a
+    quarter of the rows are gone, and only then are the arrays compacted: a copy of ``(H⁻¹)_PP`` costs
+    about as much as its update, and most blocks would otherwise pay both."""
 
     def __init__(self, present, rows, w, hinv, pos):
         self.idx = np.array([pos[int(c)] for c in present])  # position of each class in the group
         used = np.unique(rows)
         self.w = np.asarray(w, np.float64)[used]
-        self.hinv = np.asarray(hinv, np.float64)[np.ix_(used, used)]
+        self.hinv = np.ascontiguousarray(np.asarray(hinv, np.float64)[np.ix_(used, used)])
         self.rows = np.searchsorted(used, rows)  # (classes, m): rows of each class in the block
         self.where = np.arange(len(used))  # block row -> current row (-1: removed)
+        self.alive = np.ones(len(used), bool)  # current rows not yet removed
 
     def losses(self, alive):
         """The OBS loss of removing each live class alone: ``tr(W_Pᵀ ((H⁻¹)_PP)⁻¹ W_P)``."""
@@ -166,23 +163,32 @@ class _Part:
         return self.idx[live], np.sum(wp * np.linalg.solve(hpp, wp), axis=(1, 2))
 
     def remove(self, taken) -> float:
-        """Remove the rows of the classes marked in ``taken`` (a mask over the group) jointly, and drop
-        them from ``W_P`` and ``(H⁻¹)_PP``; the loss it costs."""
+        """Remove the rows of the classes marked in ``taken`` (a mask over the group) jointly from ``W_P``
+        and ``(H⁻¹)_PP``; the loss it costs."""
         hit = taken[self.idx]
         if not hit.any():
             return 0.0
         gone = self.where[self.rows[hit].ravel()]
-        stay = np.ones(len(self.w), bool)
-        stay[gone] = False
-        wp, col = self.w[gone], self.hinv[np.ix_(stay, gone)]
+        wp, rows = self.w[gone], self.hinv[gone]  # (H⁻¹)_{S:} = (H⁻¹)_{:S}ᵀ: a row gather is contiguous
         out = wp.shape[1]
-        sol = _spd_solve(self.hinv[np.ix_(gone, gone)], np.concatenate([wp, col.T], axis=1))
+        sol = _spd_solve(rows[:, gone], np.concatenate([wp, rows], axis=1))
         loss = float(np.sum(wp * sol[:, :out]))
-        self.w = self.w[stay] - col @ sol[:, :out]
-        self.hinv = self.hinv[np.ix_(stay, stay)] - col @ sol[:, out:]
-        new = np.cumsum(stay) - 1
-        self.where = np.where(self.where >= 0, new[np.maximum(self.where, 0)], -1)
+        self.w -= rows.T @ sol[:, :out]
+        # H⁻¹ −= (H⁻¹)_{:S} sol in place, with no |P|² temporary: BLAS writes into the transpose (Fortran
+        # order), which is the same symmetric matrix
+        blas.dgemm(-1.0, np.ascontiguousarray(sol[:, out:]), rows, beta=1.0, c=self.hinv.T, trans_a=True,
+                   overwrite_c=True)
+        self.alive[gone] = False
+        self.w[gone] = 0.0
+        self.hinv[gone] = 0.0
+        self.hinv[:, gone] = 0.0
         self.where[self.rows[hit].ravel()] = -1
+        if self.alive.sum() <= 3 * len(self.alive) // 4:  # compact: drop the removed rows and columns
+            stay = self.alive
+            self.w, self.hinv = self.w[stay], np.ascontiguousarray(self.hinv[np.ix_(stay, stay)])
+            new = np.cumsum(stay) - 1
+            self.where = np.where(self.where >= 0, new[np.maximum(self.where, 0)], -1)
+            self.alive = np.ones(len(self.w), bool)
         return loss
 
 

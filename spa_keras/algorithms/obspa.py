@@ -39,7 +39,7 @@ grouped convs) is scored by L2 magnitude instead.
 
 ``H`` comes from calibration samples, or, with no data, from synthetic inputs (:mod:`.sources`).
 Accumulating it is a ``tf.function`` that runs on the GPU when there is one and sums across replicas
-under a ``tf.distribute`` strategy; the solve runs as TensorFlow ops in float64.
+under a ``tf.distribute`` strategy; the solves run on the host in float64 (LAPACK and BLAS, through SciPy).
 """
 
 from __future__ import annotations
