@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg import blas
+from scipy.linalg import blas, lapack
 
 # ---- the matrices -----------------------------------------------------------------------------------
 
@@ -52,8 +52,6 @@ def inverse(h: np.ndarray, damp: float) -> np.ndarray:
     ``potrf`` and ``potri``: ``n³`` flops, 4x faster than solving against the identity at ``n = 2049``,
     measured); the damping grows tenfold until the factorisation succeeds (dead channels make ``H``
     singular)."""
-    from scipy.linalg import lapack
-
     h = np.asarray(h, np.float64)
     scale = max(float(np.mean(np.diag(h))), 1e-12)
     for _ in range(12):
@@ -94,23 +92,21 @@ def _rows_by_class(row_cls: np.ndarray, classes: np.ndarray):
 
 
 def _spd_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a⁻¹ b`` for a symmetric positive definite ``a`` (a block of an inverse Hessian), by Cholesky; a
-    block made singular by rounding falls back to a least-squares solve."""
-    from scipy.linalg import LinAlgError, cho_factor, cho_solve
-
-    try:
-        return cho_solve(cho_factor(a, lower=True, check_finite=False), b, check_finite=False)
-    except (LinAlgError, np.linalg.LinAlgError):
-        return np.linalg.lstsq(a, b, rcond=None)[0]
+    """``a⁻¹ b`` for a symmetric positive definite ``a`` (a block of an inverse Hessian), by Cholesky
+    (LAPACK's ``posv``, one call: the greedy search makes thousands of small ones); a block made singular
+    by rounding falls back to a least-squares solve."""
+    _, x, info = lapack.dposv(a, b, lower=True)
+    return x if info == 0 else np.linalg.lstsq(a, b, rcond=None)[0]
 
 
 _BLAS = []  # threadpoolctl's controller, found once (it scans the loaded libraries)
 
 
 def _one_blas_thread():
-    """BLAS limited to one thread while the greedy search runs (its blocks are small; OpenBLAS threads
-    that spin between calls cost more than they give, badly so on a busy machine); a no-op without
-    threadpoolctl."""
+    """BLAS limited to one thread (a no-op without threadpoolctl) while the greedy search runs: its
+    blocks are mostly small, and OpenBLAS threads that spin between calls cost more than they give, badly
+    so on a busy machine: ResNet50's search took 3x longer with every thread, and giving two threads to
+    only the updates of blocks over 512 rows made DenseNet121's slower, the small ones too (measured)."""
     import contextlib
 
     if not _BLAS:

@@ -211,7 +211,7 @@ def _padded(view, x):
 
 
 def _augment(consumer, f):
-    return tf.concat([f, tf.ones_like(f[:, :1])], axis=1) if consumer.augmented else f
+    return tf.pad(f, [[0, 0], [0, 1]], constant_values=1.0) if consumer.augmented else f
 
 
 def features(consumer: Consumer, view, x):
@@ -270,8 +270,7 @@ def gram(f, many_rows: bool = True, block: int = 256):
     k = 1 if dim is None or not many_rows else min(4, dim // block)
     if k < 2:
         return tf.matmul(f, f, transpose_a=True)
-    edges = [dim * i // k for i in range(k + 1)]
-    parts = [f[:, a:b] for a, b in zip(edges[:-1], edges[1:])]
+    parts = tf.split(f, [dim * (i + 1) // k - dim * i // k for i in range(k)], axis=1)
     upper = {(i, j): tf.matmul(parts[i], parts[j], transpose_a=True) for i in range(k) for j in range(i, k)}
     return tf.concat([tf.concat([upper[i, j] if j >= i else tf.transpose(upper[j, i]) for j in range(k)], axis=1)
                       for i in range(k)], axis=0)
@@ -297,14 +296,14 @@ def hessian_step(model, consumers, caps=None):
     def step(x, seed=(0, 0)):
         values = model.run(x, keep=keep)
         mask = None if mask_at is None else tf.reshape(tf.cast(x[mask_at], tf.float32), (-1, 1))
+        seed = tf.cast(seed, tf.int32) * [1, 7919]  # each call's own stream: seed + (0, 131 i + j)
         out = []
         for i, (c, cap) in enumerate(zip(consumers, caps)):
             total = 0.0
             for j, v in enumerate(c.views):
                 scale = 1.0
                 if cap is not None and not v.per_token:
-                    f, scale = sampled_features(c, v, values[v.source], cap, tf.stack(
-                        [tf.cast(seed[0], tf.int32), tf.cast(seed[1], tf.int32) * 7919 + 131 * i + j]))
+                    f, scale = sampled_features(c, v, values[v.source], cap, seed + [0, 131 * i + j])
                 else:
                     f = features(c, v, values[v.source])
                 if mask is not None and v.per_token:
