@@ -10,12 +10,15 @@ and, as a check of what the sampling costs, the slim model's output error on 32 
 relative difference of its logits from the unpruned model's.
 `--solver old` runs the greedy search as it was before the blocked solver (tests/obspa_reference.py);
 its cost does not depend on the number of samples, so `--samples 32` is enough to time it.
-Writes benchmarks/results/obspa_scale.json (rows are added, keyed by model, solver, samples, rows_per_dim and
-the commit measured, `code`).
+Each row records `TF_ENABLE_ONEDNN_OPTS` as set when it ran (`onednn`; None: TensorFlow's default, which
+leaves oneDNN off on this AMD CPU, and its forward passes 10-20% slower, measured).
+Writes benchmarks/results/obspa_scale.json (rows are added, keyed by model, solver, samples, rows_per_dim,
+`onednn` and the commit measured, `code`).
 
     PYTHONPATH=. nice -n 10 python benchmarks/obspa_scale.py
     PYTHONPATH=. python benchmarks/obspa_scale.py --models ResNet50 --solver old --samples 32
     PYTHONPATH=. python benchmarks/obspa_scale.py --rows-per-dim 64
+    TF_ENABLE_ONEDNN_OPTS=1 PYTHONPATH=. python benchmarks/obspa_scale.py --models ResNet50 --rows-per-dim 64
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ def one(name: str, samples: int, size: int, solver: str, rows_per_dim=None) -> d
                 seconds=round(total, 2),
                 cpu_seconds=round(cpu, 2), phases={k: round(v, 2) for k, v in seconds.items()},
                 peak_rss_mb=round(peak), rss_before_mb=round(base_rss), load_start=load, load_end=load_average(),
-                removed=int(plan.n_removed))
+                removed=int(plan.n_removed), onednn=os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
 
 
 def main(argv=None):
@@ -150,7 +153,7 @@ def main(argv=None):
     code = code_version()
 
     def key(row):  # a run of other code is kept beside this one
-        return row["model"], row["solver"], row["samples"], row.get("rows_per_dim"), row.get("code")
+        return row["model"], row["solver"], row["samples"], row.get("rows_per_dim"), row.get("onednn"), row.get("code")
 
     for name in args.models:
         r = subprocess.run([sys.executable, __file__, "--one", name, "--samples", str(args.samples), "--size",
