@@ -18,7 +18,7 @@ def magnitude(analysis, weight, p: int = 2, reduction: str = "mean", normalizati
     consumer's input slice), ``sum |w|^p`` over the slice; reduced over the group's slices."""
 
     def fn(w, param):
-        return per_axis_sum(np.abs(w) if p == 1 else np.abs(w) ** p, param.axes)
+        return per_axis_sum(np.abs(w) if p == 1 else np.square(w) if p == 2 else np.abs(w) ** p, param.axes)
 
     return finish(analysis, slice_scores(analysis, _weights(weight), fn), reduction, normalization)
 
