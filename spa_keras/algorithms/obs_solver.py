@@ -171,9 +171,9 @@ class _Part:
         loss = float(np.sum(wp * sol[:, :out]))
         self.w -= rows.T @ sol[:, :out]
         # H⁻¹ −= (H⁻¹)_{:S} sol in place, with no |P|² temporary: BLAS writes into the transpose (Fortran
-        # order), which is the same symmetric matrix
-        blas.dgemm(-1.0, np.ascontiguousarray(sol[:, out:]), rows, beta=1.0, c=self.hinv.T, trans_a=True,
-                   overwrite_c=True)
+        # order) of the C-ordered matrix, which is the same symmetric matrix (and returns a copy otherwise)
+        self.hinv = blas.dgemm(-1.0, np.ascontiguousarray(sol[:, out:]), rows, beta=1.0, c=self.hinv.T,
+                               trans_a=True, overwrite_c=True).T
         self.alive[gone] = False
         self.w[gone] = 0.0
         self.hinv[gone] = 0.0
