@@ -154,16 +154,16 @@ def main(argv=None):
     args = ap.parse_args(argv)
     names = args.models or zoo_names()
     results = []
-    if os.path.exists(args.out) and args.models:
+    if os.path.exists(args.out) and args.models:  # other models' rows stay, and each named one until it is measured
         with open(args.out) as f:
-            results = [r for r in json.load(f).get("models", []) if r["model"] not in names]
+            results = json.load(f).get("models", [])
     for name in names:
         try:
             row = bench(name, args.size, args.ratio, not args.no_latency, args.batches, args.repeats, args.max_load,
                         args.wait)
         except Exception as e:  # noqa: BLE001 - a failure is a result
             row = dict(model=name, error=f"{type(e).__name__}: {e}")
-        results.append(row)
+        results = [r for r in results if r["model"] != name] + [row]
         print(json.dumps(row), flush=True)
         keras.backend.clear_session()
         write_json(args.out, dict(machine=f"{os.cpu_count()} CPU cores", keras=keras.__version__,
