@@ -144,7 +144,6 @@ class _Part:
         self.hinv = np.ascontiguousarray(np.asarray(hinv, np.float64)[np.ix_(used, used)])
         self.rows = np.searchsorted(used, rows)  # (classes, m): rows of each class in the block
         self.where = np.arange(len(used))  # block row -> current row (-1: removed)
-        self.alive = np.ones(len(used), bool)  # current rows not yet removed
 
     def losses(self, alive):
         """The OBS loss of removing each live class alone: ``tr(W_Pᵀ ((H⁻¹)_PP)⁻¹ W_P)``."""
@@ -174,17 +173,17 @@ class _Part:
         # order) of the C-ordered matrix, which is the same symmetric matrix (and returns a copy otherwise)
         self.hinv = blas.dgemm(-1.0, np.ascontiguousarray(sol[:, out:]), rows, beta=1.0, c=self.hinv.T,
                                trans_a=True, overwrite_c=True).T
-        self.alive[gone] = False
         self.w[gone] = 0.0
         self.hinv[gone] = 0.0
         self.hinv[:, gone] = 0.0
         self.where[self.rows[hit].ravel()] = -1
-        if self.alive.sum() <= 3 * len(self.alive) // 4:  # compact: drop the removed rows and columns
-            stay = self.alive
+        live = self.where[self.where >= 0]  # the current rows not yet removed
+        if len(live) <= 3 * len(self.w) // 4:  # compact: drop the removed rows and columns
+            stay = np.zeros(len(self.w), bool)
+            stay[live] = True
             self.w, self.hinv = self.w[stay], np.ascontiguousarray(self.hinv[np.ix_(stay, stay)])
             new = np.cumsum(stay) - 1
             self.where = np.where(self.where >= 0, new[np.maximum(self.where, 0)], -1)
-            self.alive = np.ones(len(self.w), bool)
         return loss
 
 
