@@ -140,3 +140,18 @@ def test_lamp_and_l2_give_different_plans_under_global_pruning():
     # LAMP normalises within each group by the scores above it; asking for mean normalisation gives L2's plan
     same = spa.plan(m, ratio=0.5, global_pruning=True, criterion="lamp", normalization="mean").widths()
     assert same == widths["l2"]
+
+
+@pytest.mark.parametrize("shape,axes", [((3, 3, 16, 32), (2, 3)), ((3, 3, 16, 1), (2,)), ((16, 32), (0, 1)),
+                                        ((7,), (0,)), ((100, 8), (1,)), ((5, 5, 4, 6), (3,)),
+                                        ((2, 3, 4, 5), (1, 2, 3)), ((64, 3, 3, 3), (0, 1))])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sums_of_squares_per_axis_equal_the_squared_copys(shape, axes, dtype):
+    from spa_keras.criteria.base import per_axis_sum, per_axis_sum_squares
+
+    a = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    want, got = per_axis_sum(np.square(a), axes), per_axis_sum_squares(a, axes)
+    assert sorted(got) == sorted(axes)
+    for ax in axes:
+        assert got[ax].dtype == np.float64
+        np.testing.assert_allclose(got[ax], want[ax], rtol=1e-6 if dtype == "float32" else 1e-12)

@@ -326,3 +326,14 @@ def test_ctrl_c_during_a_save_exits_130_and_leaves_no_temporary_file(tmp_path):
     else:
         keras.saving.load_model(out)
     assert not [f for f in os.listdir(folder) if f.startswith(".spa-")], "the temporary file was removed"
+
+
+def test_nan_in_a_bfloat16_weight_is_found():
+    inp = keras.Input((4,))
+    model = keras.Model(inp, L.Dense(3, name="head")(L.Dense(8, dtype="bfloat16", name="mid")(inp)))
+    kernel = model.get_layer("mid").kernel
+    value = np.array(kernel.numpy())
+    value[1, 2] = np.nan
+    kernel.assign(value)
+    with pytest.raises(spa.NonFiniteWeightsError, match=r"layer 'mid' \(Dense\): weight 'kernel' \(mid/kernel\) holds 1 NaN"):
+        spa.inspect(model)

@@ -46,6 +46,27 @@ def per_axis_sum(a: np.ndarray, axes) -> dict:
     return {ax: a.sum(axis=tuple(i for i in range(a.ndim) if i != ax), dtype=np.float64) for ax in axes}
 
 
+def per_axis_sum_squares(a: np.ndarray, axes) -> dict:
+    """``per_axis_sum(a * a, axes)`` without the squared copy of ``a``, where each channel pair sums few
+    values (``a`` float32 or float64).
+
+    A convolution kernel is reduced over its window by one ``einsum``; the ``(in, out)`` table left
+    is summed per axis by two matrix-vector products. ResNet50's kernels take about half the time of
+    the squared copy's float64 sums. The sums are in ``a``'s precision (a float32 kernel's scores
+    differ from float64 sums by about 1e-6, relative); an axis summed over many values per channel pair
+    (an embedding's vocabulary) takes the float64 path."""
+    axes = sorted(axes)
+    if not axes or a.size > 64 * int(np.prod([a.shape[ax] for ax in axes])):
+        return per_axis_sum(np.square(a), axes)
+    letters = "abcdefghijklmnopqrstuvwxyz"[: a.ndim]
+    table = np.einsum(f"{letters},{letters}->{''.join(letters[ax] for ax in axes)}", a, a)
+    if table.ndim == 2:
+        sums = (table @ np.ones(table.shape[1], table.dtype), np.ones(table.shape[0], table.dtype) @ table)
+    else:
+        sums = per_axis_sum(table, range(table.ndim)).values()
+    return {ax: np.asarray(v, np.float64) for ax, v in zip(axes, sums)}
+
+
 def reduce_scores(total, count, peak, reduction: str) -> np.ndarray:
     """One score per class from its slices' values; NaN where no slice was scored."""
     if reduction not in REDUCTIONS:

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..graph import WEIGHT
-from .base import finish, per_axis_sum, slice_scores
+from .base import finish, per_axis_sum, per_axis_sum_squares, slice_scores
 
 
 def _weights(weight):
@@ -18,7 +18,9 @@ def magnitude(analysis, weight, p: int = 2, reduction: str = "mean", normalizati
     consumer's input slice), ``sum |w|^p`` over the slice; reduced over the group's slices."""
 
     def fn(w, param):
-        return per_axis_sum(np.abs(w) if p == 1 else np.square(w) if p == 2 else np.abs(w) ** p, param.axes)
+        if p == 2:
+            return per_axis_sum_squares(w, param.axes)
+        return per_axis_sum(np.abs(w) if p == 1 else np.abs(w) ** p, param.axes)
 
     return finish(analysis, slice_scores(analysis, _weights(weight), fn), reduction, normalization)
 

@@ -101,7 +101,7 @@ def check_finite(value, where: str, weight: str, fix: str) -> None:
     """Raise :class:`NonFiniteWeightsError` when a float ``value`` holds NaN or Inf, naming ``where``
     (the layer or node) and ``weight``; ``fix`` says what to do."""
     value = np.asarray(value)
-    if not np.issubdtype(value.dtype, np.floating) or np.isfinite(value).all():
+    if (value.dtype.kind != "f" and "float" not in value.dtype.name) or np.isfinite(value).all():  # bfloat16: "V"
         return
     nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
     raise NonFiniteWeightsError(
