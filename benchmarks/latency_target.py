@@ -2,7 +2,7 @@
 again, afresh?
 
 For each model (`weights=None`, BatchNorm statistics randomised), one `spa.prune(..., target_latency=t)`
-at `--batch` in the serving path (traced once, BatchNorm folded: what `spa.export_for_serving` writes).
+at `--batch` in the serving path (traced once, as `spa.export_for_serving` writes it: BatchNorm folded, depthwise-grouped convolutions as DepthwiseConv).
 Recorded: what the search measured (its rounds, the latency before and after), a new measurement of the
 original and the slim model taken after the search (`spa_keras.latency.paired_ratio`: the two timed in
 alternation, --repeats/4 pairs of 8-run medians, the median of the pairs' ratios), the ratio between them,
@@ -26,7 +26,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import spa_keras as spa  # noqa: E402
-from spa_keras.backends.fold import fold_batchnorm  # noqa: E402
+from spa_keras.backends.fold import serving_model  # noqa: E402
 from spa_keras.io import atomic_write  # noqa: E402
 from spa_keras.latency import paired_ratio  # noqa: E402
 from spa_keras.metrics import load_average, wait_for_quiet  # noqa: E402
@@ -46,7 +46,7 @@ def one(name: str, size: int, target: float, batch: int, repeats: int) -> dict:
     s = pruner.last_plan.settings
     report = spa.Report.from_plan(pruner.last_plan)
     load = load_average()
-    again = paired_ratio(fold_batchnorm(slim), fold_batchnorm(model), batch, rounds=repeats // 4)  # afresh
+    again = paired_ratio(serving_model(slim), serving_model(model), batch, rounds=repeats // 4)  # afresh
     ratio = again["ratio"]
     return dict(
         model=name, size=size, batch=batch, target=target, seconds=round(seconds, 1),

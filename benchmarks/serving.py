@@ -4,7 +4,7 @@ For ResNet50, MobileNetV2 and EfficientNetB0 (224x224, weights=None, BatchNorm s
 and their slim versions (group L2, ratio 0.5), at batch 1 and 8, writes benchmarks/results/serving.json:
 
 - latency in the serving path (the model traced once in a tf.function, as a SavedModel signature runs
-  it), median of --repeats runs after warm-up, with and without BatchNorm folded, and eager calls;
+  it), median of --repeats runs after warm-up, with and without BatchNorm folded (`serving_model`, which also writes depthwise-grouped convolutions as DepthwiseConv), and eager calls;
 - the same slim architecture built from scratch (keras.Model.from_config of its config, fresh
   weights): if the rebuild added anything, this would be faster;
 - an op-by-op profile (tf.profiler trace of the traced graph, time per op type per run);
@@ -37,7 +37,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import spa_keras as spa  # noqa: E402
-from spa_keras.backends.fold import fold_batchnorm  # noqa: E402
+from spa_keras.backends.fold import serving_model  # noqa: E402
 from spa_keras.metrics import count_macs, load_average, measure_latency, serving_function, wait_for_quiet  # noqa: E402
 from spa_keras.testing import build_zoo_model, perturb_statistics  # noqa: E402
 
@@ -113,7 +113,7 @@ def bench_model(name, size, batches, repeats, profile, max_load, wait):
     plan = spa.plan(full, ratio=0.5)
     slim = spa.apply(plan)
     scratch = keras.Model.from_config(slim.get_config())  # the slim architecture, built directly
-    variants = {"full": full, "full_folded": fold_batchnorm(full), "slim": slim, "slim_folded": fold_batchnorm(slim),
+    variants = {"full": full, "full_folded": serving_model(full), "slim": slim, "slim_folded": serving_model(slim),
                 "slim_scratch": scratch}
     macs_full, macs_slim = count_macs(plan.graph), count_macs(plan.graph, plan)
     row = {"model": name, "size": size, "macs_before": macs_full, "macs_after": macs_slim,
@@ -160,7 +160,7 @@ def widths(max_load, wait, repeats) -> dict:
     model = perturb_statistics(build_zoo_model("MobileNetV2", 224))
     for r in (1, 8, 16):
         plan = spa.plan(model, ratio=0.5, global_pruning=True, round_to=r)
-        slim = fold_batchnorm(spa.apply(plan))
+        slim = serving_model(spa.apply(plan))
         w = sorted({plan.width(t) for t in plan.analysis.layouts})
         odd = sum(1 for v in w if v % 8)
         wait_for_quiet(max_load, wait)

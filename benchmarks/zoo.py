@@ -4,9 +4,12 @@ Writes benchmarks/results/zoo.json: for each model, MACs and parameters before a
 plan (graph, groups, scores, selection) and to rebuild, the same model's `keras.models.clone_model`
 and Keras' own build of the slim model from its config (for scale), whether the zero-channel oracle
 passed, and CPU latency of the original and the slim model at batch 1 and 8 in the serving path (each
-model as `spa.export_for_serving` writes it: BatchNorm folded, traced once in a tf.function; median of
+model as `spa.export_for_serving` writes it: BatchNorm folded, depthwise-grouped convolutions as
+DepthwiseConv layers, traced once in a tf.function; median of
 --repeats runs after warm-up), with the eager `model(x)` figure beside it and the 1-minute load average
 when each was taken (the script first waits, up to --wait seconds, for the load to fall under --max-load).
+With --rounds N the original and the slim model are timed in N alternating rounds, and the speed-up is
+the median of the rounds' ratios.
 
     python benchmarks/zoo.py                       # all models at 224x224
     python benchmarks/zoo.py --models ResNet50 MobileNetV2 --size 160
@@ -24,11 +27,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 import spa_keras as spa  # noqa: E402
 from spa_keras.backends.keras import verify  # noqa: E402
 from spa_keras.frontends.keras import from_keras  # noqa: E402
-from spa_keras.backends.fold import fold_batchnorm  # noqa: E402
+from spa_keras.backends.fold import serving_model  # noqa: E402
 from spa_keras.metrics import load_average, measure_latency, wait_for_quiet  # noqa: E402
 from spa_keras.testing import build_zoo_model, perturb_statistics, random_inputs, zoo_names  # noqa: E402
 
@@ -69,27 +73,34 @@ def torch_pruning_time(name: str, size: int, ratio: float, repeats: int = 3) -> 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def latency_row(model, slim, batches, repeats, max_load, wait) -> dict:
-    """Serving-path (BatchNorm folded, traced) and eager latency of both models, per batch size."""
+def latency_row(model, slim, batches, repeats, max_load, wait, rounds=1) -> dict:
+    """Serving-path (as exported: `serving_model`, traced) and eager latency of both models, per batch size. With
+    ``rounds`` > 1 the two served models are timed in alternation, ``repeats`` runs each per round: the
+    speed-up is the median of the rounds' ratios (drift slower than a round cancels), the seconds the
+    median of the rounds' medians, and ``speedup_rounds`` lists every round's ratio."""
     out = {}
-    served = {"before": fold_batchnorm(model), "after": fold_batchnorm(slim)}
+    served = {"before": serving_model(model), "after": serving_model(slim)}
     for b in batches:
         waited = wait_for_quiet(max_load, wait)
-        r = {k: measure_latency(m, batch_size=b, repeats=repeats) for k, m in served.items()}
+        timed = [{k: measure_latency(m, batch_size=b, repeats=repeats, warmup=3 if i == 0 else 1)
+                  for k, m in served.items()} for i in range(rounds)]
+        ratios = [r["before"]["median_s"] / r["after"]["median_s"] for r in timed]
         e = {k: measure_latency(m, batch_size=b, repeats=repeats, mode="eager") for k, m in
              (("before", model), ("after", slim))}
         out[f"b{b}"] = dict(
-            serving_before_s=r["before"]["median_s"], serving_after_s=r["after"]["median_s"],
-            speedup=r["before"]["median_s"] / r["after"]["median_s"],
+            serving_before_s=float(np.median([r["before"]["median_s"] for r in timed])),
+            serving_after_s=float(np.median([r["after"]["median_s"] for r in timed])),
+            speedup=float(np.median(ratios)),
             eager_before_s=e["before"]["median_s"], eager_after_s=e["after"]["median_s"],
             eager_speedup=e["before"]["median_s"] / e["after"]["median_s"],
-            load=max(x for x in (waited, r["before"]["load"], r["after"]["load"]) if x is not None),
+            load=max(x for x in [waited] + [r[k]["load"] for r in timed for k in r] if x is not None),
+            **({"speedup_rounds": [round(x, 4) for x in ratios]} if rounds > 1 else {}),
         )
     return out
 
 
 def bench(name: str, size: int, ratio: float, latency: bool, batches=(1, 8), repeats=20, max_load=1.5,
-          wait=600.0) -> dict:
+          wait=600.0, rounds=1) -> dict:
     model = perturb_statistics(build_zoo_model(name, size))
     spa.prune(model, ratio=ratio)  # first calls (imports, tracing caches) are not what is timed
     cpu = {}
@@ -128,7 +139,7 @@ def bench(name: str, size: int, ratio: float, latency: bool, batches=(1, 8), rep
     if peer:
         row.update(peer)
     if latency:
-        row["latency"] = latency_row(model, slim, batches, repeats, max_load, wait)
+        row["latency"] = latency_row(model, slim, batches, repeats, max_load, wait, rounds)
         row["efficiency"] = {b: r["speedup"] / row["macs_reduction"] for b, r in row["latency"].items()}
     return row
 
@@ -148,6 +159,7 @@ def main(argv=None):
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 8])
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=1, help="time the served models in this many alternating rounds")
     ap.add_argument("--max-load", type=float, default=1.5)
     ap.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a quiet machine per model")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "zoo.json"))
@@ -160,7 +172,7 @@ def main(argv=None):
     for name in names:
         try:
             row = bench(name, args.size, args.ratio, not args.no_latency, args.batches, args.repeats, args.max_load,
-                        args.wait)
+                        args.wait, args.rounds)
         except Exception as e:  # noqa: BLE001 - a failure is a result
             row = dict(model=name, error=f"{type(e).__name__}: {e}")
         results = [r for r in results if r["model"] != name] + [row]

@@ -377,8 +377,9 @@ def cmd_bench(args) -> int:
 
 
 def _timings(model, timing, eager):
-    """The serving-path timing of a model (a Keras model as exported: BatchNorm folded, traced once; an
-    ONNX model in onnxruntime; a SavedModel signature as it is), and eager calls of a Keras model."""
+    """The serving-path timing of a model (a Keras model as exported: BatchNorm folded, depthwise-grouped
+    convolutions as DepthwiseConv, traced once; an ONNX model in onnxruntime; a SavedModel signature as
+    it is), and eager calls of a Keras model."""
     from spa_keras.latency import serving_latency
     from spa_keras.metrics import is_keras, measure_latency
 

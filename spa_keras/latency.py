@@ -119,12 +119,16 @@ class LatencyModel:
 
     def __init__(self, view, batch_size: int, repeats: int = 10, table: LatencyTable | None = None,
                  measured_full: float | None = None):
+        from .backends.fold import as_depthwise, depthwise_grouped
+
         self.view, self.batch = view, batch_size
         self.table = table or LatencyTable()
         graph = view.graph
         self.layers = []  # (node, in tensor, out tensor, depthwise, coefficients a, b, c, d)
         for node in graph.nodes:
             op = view.layer(node)
+            if op is not None and depthwise_grouped(op):
+                op = as_depthwise(op)  # as served
             depthwise = node.kind == "depthwise" and op is not None
             if not (view.linear(node) is not None or depthwise) or not node.inputs or not node.outputs:
                 continue
@@ -180,11 +184,12 @@ def _signature_config(layer) -> dict:
 
 
 def serving_latency(model, batch_size: int, repeats: int = 20, warmup: int = 3) -> dict:
-    """The measured serving latency of a Keras model as exported (BatchNorm folded, traced once)."""
-    from .backends.fold import fold_batchnorm
+    """The measured serving latency of a Keras model as exported (:func:`~.backends.fold.serving_model`:
+    BatchNorm folded, depthwise-grouped convolutions as ``DepthwiseConv``; traced once)."""
+    from .backends.fold import serving_model
     from .metrics import measure_latency
 
-    return measure_latency(fold_batchnorm(model), batch_size=batch_size, repeats=repeats, warmup=warmup)
+    return measure_latency(serving_model(model), batch_size=batch_size, repeats=repeats, warmup=warmup)
 
 
 def paired_ratio(model, reference, batch_size: int, rounds: int = 5, repeats: int = 8) -> dict:
@@ -212,7 +217,7 @@ def search_latency(view, analysis, scores, fraction: float, batch_size: int, opt
     table's prediction and corrected by measuring. Each candidate is judged by :func:`paired_ratio`
     against the original (timed in alternation): with one early timing of the original, a fresh
     measurement put MobileNetV2 and ResNet50 at 0.53 where the search had seen 0.51."""
-    from .backends.fold import fold_batchnorm
+    from .backends.fold import serving_model
     from .backends.keras import apply_plan
     from .metrics import measure_latency
     from .plan import search
@@ -220,14 +225,14 @@ def search_latency(view, analysis, scores, fraction: float, batch_size: int, opt
     if view.kind != "Keras":
         raise InvalidArgumentError("target_latency measures Keras models in the TensorFlow serving path; for an "
                                    "ONNX model, convert it with spa.from_onnx first (or use target_macs)")
-    original = fold_batchnorm(view.model)  # as exported; timed again beside every candidate (the machine drifts)
+    original = serving_model(view.model)  # as exported; timed again beside every candidate (the machine drifts)
     full = measure_latency(original, batch_size=batch_size)
     model = LatencyModel(view, batch_size, measured_full=full["median_s"])
     goal, best, history = fraction * full["median_s"], None, []
     below, above = None, None  # (goal, measured ratio) pairs bracketing the target
     for _ in range(rounds):
         plan = search(analysis, scores, model.predict, min(goal, model.predict(None)), **options)
-        pair = paired_ratio(fold_batchnorm(apply_plan(view, plan)), original, batch_size)
+        pair = paired_ratio(serving_model(apply_plan(view, plan)), original, batch_size)
         ratio, measured, reference = pair["ratio"], pair["model_s"], pair["reference_s"]
         history.append(dict(goal_s=goal, predicted_s=float(model.predict(plan)), measured_s=measured,
                             original_s=reference, ratio=ratio))

@@ -87,6 +87,62 @@ def test_export_for_serving_and_to_onnx_fold_by_default(tmp_path):
     np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], want, **tol)
 
 
+def depthwise_as_groups():
+    """Depthwise convolutions written as grouped ``Conv`` layers (ConvNeXt's way), one with a BatchNorm
+    to fold, one with a multiplier, a 1-D one, and a grouped convolution that is not depthwise."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 6), name="image")
+    x = bn(L.Conv2D(6, 7, padding="same", groups=6, name="dw7")(inp))
+    x = L.Conv2D(12, 3, strides=2, padding="same", groups=6, use_bias=False, activation="relu", name="dw_x2")(x)
+    x = L.Conv2D(12, 3, padding="same", groups=3, name="grouped")(x)
+    x = L.Reshape((36, 12))(x)
+    out = L.Conv1D(12, 5, padding="same", groups=12, dilation_rate=2, name="dw1d")(x)
+    return perturb_statistics(keras.Model(inp, out))
+
+
+def test_depthwise_convolutions_written_as_groups_are_served_as_depthwise(tmp_path):
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    from spa_keras.backends.fold import serving_model
+
+    model = depthwise_as_groups()
+    before = weights_hash(model)
+    x = np.random.default_rng(1).standard_normal((2, 12, 12, 6)).astype("float32")
+    want = np.asarray(model(x, training=False))
+    tol = dict(rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    for fold in (True, False):
+        served = serving_model(model, fold_batchnorm=fold)
+        kinds = {layer.name: type(layer).__name__ for layer in served.layers}
+        assert kinds["dw7"] == "DepthwiseConv2D" and kinds["dw_x2"] == "DepthwiseConv2D"
+        assert kinds["dw1d"] == "DepthwiseConv1D" and kinds["grouped"] == "Conv2D"
+        assert count_bn(served) == (0 if fold else 1)
+        np.testing.assert_allclose(np.asarray(served(x)), want, **tol)
+    assert weights_hash(model) == before
+    assert [type(layer).__name__ for layer in model.layers].count("Conv2D") == 3
+    sig = tf.saved_model.load(spa.export_for_serving(model, str(tmp_path / "serving"))).signatures["serving_default"]
+    np.testing.assert_allclose(list(sig(image=tf.constant(x)).values())[0].numpy(), want, **tol)
+    model = keras.Model(model.inputs, model.get_layer("dw_x2").output)  # tf2onnx converts no grouped Conv
+    proto = spa.to_onnx(model)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"image": x})[0], np.asarray(model(x, training=False)), **tol)
+
+
+def test_a_pruned_convnext_is_served_with_depthwise_layers():
+    from spa_keras.backends.fold import serving_model
+    from spa_keras.testing import build_zoo_model, random_inputs
+
+    slim = spa.prune(build_zoo_model("ConvNeXtTiny", 32), ratio=0.5)
+    served = serving_model(slim)
+    grouped = [layer for layer in slim.layers if getattr(layer, "groups", 1) > 1]
+    assert len(grouped) == 18
+    kinds = {layer.name: type(layer).__name__ for layer in served.layers}
+    assert {kinds[layer.name] for layer in grouped} == {"DepthwiseConv2D"}
+    x = random_inputs(slim, 2)
+    want = np.asarray(slim(x, training=False))
+    np.testing.assert_allclose(np.asarray(served(x)), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_latency_is_measured_in_the_serving_path_and_eagerly():
     from spa_keras.metrics import measure_latency
 
