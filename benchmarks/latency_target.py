@@ -2,7 +2,8 @@
 again, afresh?
 
 For each model (`weights=None`, BatchNorm statistics randomised), one `spa.prune(..., target_latency=t)`
-at `--batch` in the serving path (traced once, as `spa.export_for_serving` writes it: BatchNorm folded, depthwise-grouped convolutions as DepthwiseConv).
+at `--batch` in the serving path (traced once, as `spa.export_for_serving` writes it: BatchNorm folded,
+depthwise-grouped convolutions as DepthwiseConv).
 Recorded: what the search measured (its rounds, the latency before and after), a new measurement of the
 original and the slim model taken after the search (`spa_keras.latency.paired_ratio`: the two timed in
 alternation, --repeats/4 pairs of 8-run medians, the median of the pairs' ratios), the ratio between them,

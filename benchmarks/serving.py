@@ -4,7 +4,8 @@ For ResNet50, MobileNetV2 and EfficientNetB0 (224x224, weights=None, BatchNorm s
 and their slim versions (group L2, ratio 0.5), at batch 1 and 8, writes benchmarks/results/serving.json:
 
 - latency in the serving path (the model traced once in a tf.function, as a SavedModel signature runs
-  it), median of --repeats runs after warm-up, with and without BatchNorm folded (`serving_model`, which also writes depthwise-grouped convolutions as DepthwiseConv), and eager calls;
+  it), median of --repeats runs after warm-up, with and without BatchNorm folded (`serving_model`, which
+  also writes depthwise-grouped convolutions as DepthwiseConv), and eager calls;
 - the same slim architecture built from scratch (keras.Model.from_config of its config, fresh
   weights): if the rebuild added anything, this would be faster;
 - an op-by-op profile (tf.profiler trace of the traced graph, time per op type per run);

@@ -9,7 +9,7 @@ DepthwiseConv layers, traced once in a tf.function; median of
 --repeats runs after warm-up), with the eager `model(x)` figure beside it and the 1-minute load average
 when each was taken (the script first waits, up to --wait seconds, for the load to fall under --max-load).
 With --rounds N the original and the slim model are timed in N alternating rounds, and the speed-up is
-the median of the rounds' ratios.
+the median of the rounds' ratios. Each row records TF_ENABLE_ONEDNN_OPTS as it was set (`onednn`).
 
     python benchmarks/zoo.py                       # all models at 224x224
     python benchmarks/zoo.py --models ResNet50 MobileNetV2 --size 160
@@ -73,11 +73,12 @@ def torch_pruning_time(name: str, size: int, ratio: float, repeats: int = 3) -> 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def latency_row(model, slim, batches, repeats, max_load, wait, rounds=1) -> dict:
+def latency_row(model, slim, batches, repeats, max_load, wait, rounds=1, eager_repeats=None) -> dict:
     """Serving-path (as exported: `serving_model`, traced) and eager latency of both models, per batch size. With
     ``rounds`` > 1 the two served models are timed in alternation, ``repeats`` runs each per round: the
     speed-up is the median of the rounds' ratios (drift slower than a round cancels), the seconds the
-    median of the rounds' medians, and ``speedup_rounds`` lists every round's ratio."""
+    median of the rounds' medians, and ``speedup_rounds`` lists every round's ratio. ``eager_repeats``:
+    fewer eager calls (after one warm-up) for models whose eager call takes seconds."""
     out = {}
     served = {"before": serving_model(model), "after": serving_model(slim)}
     for b in batches:
@@ -85,14 +86,14 @@ def latency_row(model, slim, batches, repeats, max_load, wait, rounds=1) -> dict
         timed = [{k: measure_latency(m, batch_size=b, repeats=repeats, warmup=3 if i == 0 else 1)
                   for k, m in served.items()} for i in range(rounds)]
         ratios = [r["before"]["median_s"] / r["after"]["median_s"] for r in timed]
-        e = {k: measure_latency(m, batch_size=b, repeats=repeats, mode="eager") for k, m in
-             (("before", model), ("after", slim))}
+        eager = dict(repeats=repeats) if eager_repeats is None else dict(repeats=eager_repeats, warmup=1)
+        e = {k: measure_latency(m, batch_size=b, mode="eager", **eager) for k, m in (("before", model), ("after", slim))}
         out[f"b{b}"] = dict(
             serving_before_s=float(np.median([r["before"]["median_s"] for r in timed])),
             serving_after_s=float(np.median([r["after"]["median_s"] for r in timed])),
             speedup=float(np.median(ratios)),
             eager_before_s=e["before"]["median_s"], eager_after_s=e["after"]["median_s"],
-            eager_speedup=e["before"]["median_s"] / e["after"]["median_s"],
+            eager_speedup=e["before"]["median_s"] / e["after"]["median_s"], eager_repeats=e["before"]["repeats"],
             load=max(x for x in [waited] + [r[k]["load"] for r in timed for k in r] if x is not None),
             **({"speedup_rounds": [round(x, 4) for x in ratios]} if rounds > 1 else {}),
         )
@@ -100,7 +101,7 @@ def latency_row(model, slim, batches, repeats, max_load, wait, rounds=1) -> dict
 
 
 def bench(name: str, size: int, ratio: float, latency: bool, batches=(1, 8), repeats=20, max_load=1.5,
-          wait=600.0, rounds=1) -> dict:
+          wait=600.0, rounds=1, eager_repeats=None) -> dict:
     model = perturb_statistics(build_zoo_model(name, size))
     spa.prune(model, ratio=ratio)  # first calls (imports, tracing caches) are not what is timed
     cpu = {}
@@ -133,13 +134,14 @@ def bench(name: str, size: int, ratio: float, latency: bool, batches=(1, 8), rep
         held_fixed=len(report.held_fixed),
         prune_over_clone_model=prune_s / clone_s,
         load_timing=load_average(),
+        onednn=os.environ.get("TF_ENABLE_ONEDNN_OPTS"),  # None: TensorFlow's default (off on this AMD CPU)
         **cpu,
     )
     peer = torch_pruning_time(name, row["input_size"], ratio)
     if peer:
         row.update(peer)
     if latency:
-        row["latency"] = latency_row(model, slim, batches, repeats, max_load, wait, rounds)
+        row["latency"] = latency_row(model, slim, batches, repeats, max_load, wait, rounds, eager_repeats)
         row["efficiency"] = {b: r["speedup"] / row["macs_reduction"] for b, r in row["latency"].items()}
     return row
 
@@ -160,6 +162,7 @@ def main(argv=None):
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 8])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=1, help="time the served models in this many alternating rounds")
+    ap.add_argument("--eager-repeats", type=int, default=None, help="eager calls per model (default: --repeats)")
     ap.add_argument("--max-load", type=float, default=1.5)
     ap.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a quiet machine per model")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "zoo.json"))
@@ -172,7 +175,7 @@ def main(argv=None):
     for name in names:
         try:
             row = bench(name, args.size, args.ratio, not args.no_latency, args.batches, args.repeats, args.max_load,
-                        args.wait, args.rounds)
+                        args.wait, args.rounds, args.eager_repeats)
         except Exception as e:  # noqa: BLE001 - a failure is a result
             row = dict(model=name, error=f"{type(e).__name__}: {e}")
         results = [r for r in results if r["model"] != name] + [row]

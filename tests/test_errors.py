@@ -335,5 +335,5 @@ def test_nan_in_a_bfloat16_weight_is_found():
     value = np.array(kernel.numpy())
     value[1, 2] = np.nan
     kernel.assign(value)
-    with pytest.raises(spa.NonFiniteWeightsError, match=r"layer 'mid' \(Dense\): weight 'kernel' \(mid/kernel\) holds 1 NaN"):
+    with pytest.raises(spa.NonFiniteWeightsError, match=r"'mid' \(Dense\): weight 'kernel' \(mid/kernel\) holds 1 NaN"):
         spa.inspect(model)

@@ -192,9 +192,10 @@ def snapshot(variable) -> np.ndarray:
     """The variable's current value as a read-only NumPy array, without a copy where TensorFlow allows.
 
     ``variable.numpy()`` copies twice (an identity op, then the tensor into NumPy): reading every weight
-    of a ResNet50 that way takes 5x longer than this, and ``read_value()`` (the same op, wrapped) 1.7x. The tensor a read returns shares the variable's
-    buffer, and TensorFlow copies on write when a variable that is still referenced is assigned or
-    updated by an optimizer, so the array keeps the value it had when it was read."""
+    of a ResNet50 that way takes 5x longer than this, and ``read_value()`` (the same op, wrapped) 1.7x.
+    The tensor a read returns shares the variable's buffer, and TensorFlow copies on write when a
+    variable that is still referenced is assigned or updated by an optimizer, so the array keeps the
+    value it had when it was read."""
     inner = variable.value if isinstance(variable, keras.Variable) else variable  # TensorFlow's variable
     try:  # the read op itself: the variable's read_value() wraps it in tape and placement bookkeeping
         import tensorflow as tf  # noqa: PLC0415 - imported by Keras already on its TensorFlow backend
