@@ -18,3 +18,13 @@ def code_version():
         return rev.strip() + ("+" if dirty.strip() else "")
     except OSError:
         return None
+
+
+def onednn_on() -> bool | None:
+    """Whether TensorFlow runs its oneDNN kernels in this process (None where it cannot say)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # noqa: PLC0415 - TensorFlow's own flag
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None

@@ -10,8 +10,10 @@ and, as a check of what the sampling costs, the slim model's output error on 32 
 relative difference of its logits from the unpruned model's.
 `--solver old` runs the greedy search as it was before the blocked solver (tests/obspa_reference.py);
 its cost does not depend on the number of samples, so `--samples 32` is enough to time it.
-Each row records `TF_ENABLE_ONEDNN_OPTS` as set when it ran (`onednn`; None: TensorFlow's default, which
-leaves oneDNN off on this AMD CPU, and its forward passes 10-20% slower, measured).
+Each row records whether TensorFlow's oneDNN kernels were on (`onednn`). TensorFlow turns them on by
+default on CPUs with AVX-512 VNNI or newer, and TF_ENABLE_ONEDNN_OPTS overrides; rows before 2026-12-01
+record the variable instead (None: the default, which was off on that machine, and its forward passes
+10-20% slower, measured).
 Writes benchmarks/results/obspa_scale.json (rows are added, keyed by model, solver, samples, rows_per_dim,
 `onednn` and the commit measured, `code`).
 
@@ -31,7 +33,7 @@ import subprocess
 import sys
 import time
 
-from common import code_version
+from common import code_version, onednn_on
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -127,7 +129,7 @@ def one(name: str, samples: int, size: int, solver: str, rows_per_dim=None) -> d
                 seconds=round(total, 2),
                 cpu_seconds=round(cpu, 2), phases={k: round(v, 2) for k, v in seconds.items()},
                 peak_rss_mb=round(peak), rss_before_mb=round(base_rss), load_start=load, load_end=load_average(),
-                removed=int(plan.n_removed), onednn=os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
+                removed=int(plan.n_removed), onednn=onednn_on())
 
 
 def main(argv=None):

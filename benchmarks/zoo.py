@@ -9,7 +9,8 @@ DepthwiseConv layers, traced once in a tf.function; median of
 --repeats runs after warm-up), with the eager `model(x)` figure beside it and the 1-minute load average
 when each was taken (the script first waits, up to --wait seconds, for the load to fall under --max-load).
 With --rounds N the original and the slim model are timed in N alternating rounds, and the speed-up is
-the median of the rounds' ratios. Each row records TF_ENABLE_ONEDNN_OPTS as it was set (`onednn`).
+the median of the rounds' ratios. Each row records whether TensorFlow's oneDNN kernels were on (`onednn`:
+TensorFlow turns them on by default on CPUs with AVX-512 VNNI or newer; TF_ENABLE_ONEDNN_OPTS overrides).
 
     python benchmarks/zoo.py                       # all models at 224x224
     python benchmarks/zoo.py --models ResNet50 MobileNetV2 --size 160
@@ -38,6 +39,7 @@ from spa_keras.testing import build_zoo_model, perturb_statistics, random_inputs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from common import onednn_on  # noqa: E402
 
 
 def _timed(fn, repeats=3, cpu=None):
@@ -134,7 +136,7 @@ def bench(name: str, size: int, ratio: float, latency: bool, batches=(1, 8), rep
         held_fixed=len(report.held_fixed),
         prune_over_clone_model=prune_s / clone_s,
         load_timing=load_average(),
-        onednn=os.environ.get("TF_ENABLE_ONEDNN_OPTS"),  # None: TensorFlow's default (off on this AMD CPU)
+        onednn=onednn_on(),
         **cpu,
     )
     peer = torch_pruning_time(name, row["input_size"], ratio)

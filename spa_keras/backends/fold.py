@@ -14,9 +14,10 @@ original *at inference* (``training=False``); it is meant for export, not for tr
 :func:`serving_model` also writes each grouped convolution with one input channel per group (a depthwise
 convolution written as ``Conv2D(groups=channels)``, as ConvNeXt does) as the ``DepthwiseConv`` layer it
 is. TensorFlow has no grouped convolution on the CPU, so Keras compiles those with XLA, which ran
-ConvNeXt's 7×7 ones 13x slower than TensorFlow's depthwise kernel here; tf2onnx cannot convert them at
-all. The kernel ``(*window, 1, groups · m)`` is the depthwise kernel ``(*window, groups, m)`` reshaped
-(output channel ``g · m + j`` in both), so the outputs are the same.
+ConvNeXt's 7×7 ones 15–130x slower than TensorFlow's depthwise kernel here
+(``benchmarks/grouped_conv.py``); tf2onnx cannot convert them at all. The kernel ``(*window, 1, groups · m)``
+is the depthwise kernel ``(*window, groups, m)`` reshaped (output channel ``g · m + j`` in both), so the
+outputs are the same.
 """
 
 from __future__ import annotations

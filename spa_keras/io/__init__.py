@@ -152,7 +152,7 @@ def export_for_serving(model, base_dir: str, version: int | None = None, fold_ba
     rounding. ``False`` keeps the BatchNorms. Either way, a depthwise convolution written as a grouped
     ``Conv`` layer (ConvNeXt's) is exported as the ``DepthwiseConv`` layer it is, with the same outputs:
     TensorFlow has no grouped convolution kernel for the CPU, and Keras' XLA fallback ran ConvNeXt's 7×7
-    ones 13x slower (:func:`spa_keras.backends.fold.serving_model`).
+    ones 15-130x slower (:func:`spa_keras.backends.fold.serving_model`).
 
     The version defaults to one more than the largest already there (1 for a new folder); an existing
     version is never overwritten. The ``serving_default`` signature takes the model's input names and
