@@ -129,7 +129,16 @@ def one(name: str, samples: int, size: int, solver: str, rows_per_dim=None) -> d
                 seconds=round(total, 2),
                 cpu_seconds=round(cpu, 2), phases={k: round(v, 2) for k, v in seconds.items()},
                 peak_rss_mb=round(peak), rss_before_mb=round(base_rss), load_start=load, load_end=load_average(),
-                removed=int(plan.n_removed), onednn=onednn_on())
+                removed=int(plan.n_removed), onednn=onednn_on(), blas_one_thread=_threadpoolctl())
+
+
+def _threadpoolctl() -> bool:
+    """Whether the greedy search could hold BLAS to one thread (threadpoolctl is importable)."""
+    try:
+        import threadpoolctl  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
 
 
 def main(argv=None):
