@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import keras
 
-from .data import replica_slices
+from .data import replica_slices, steady
 from .errors import InvalidArgumentError
 
 
@@ -117,7 +117,7 @@ def _fit_across_workers(trainer, data, epochs, strategy, batch_size, shuffle, va
                                    "the returned model afterwards")
     if isinstance(data, tuple):
         x, y = data
-        data = tf.data.Dataset.from_tensor_slices((x, y))
+        data = steady(tf.data.Dataset.from_tensor_slices((x, y)))  # see spa_keras.data.array_batches
         if shuffle:
             data = data.shuffle(len(x), seed=0, reshuffle_each_iteration=True)
         data = data.batch(batch_size or 32)

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from ..data import array_batches, steady
 from ..errors import InvalidArgumentError
 from .obs_solver import (
     compensate,
@@ -337,14 +338,15 @@ def accumulate_hessians(model, consumers, inputs, batch_size: int, strategy=None
     replicas = 1 if strategy is None else strategy.num_replicas_in_sync
     caps = row_caps(consumers, rows_per_dim, len(inputs[0]), batch_size, replicas)
     step = hessian_step(model, consumers, caps)
-    data = tf.data.Dataset.from_tensor_slices(tuple(inputs)).batch(batch_size)
+    data = array_batches(inputs, batch_size)  # not tf.data: see array_batches
     if not model.traceable:
         fn = step
-        data = data.as_numpy_iterator()
-    elif strategy is None:
-        fn = tf.function(step, reduce_retracing=True, autograph=False)
+    elif strategy is None:  # one trace, a short last batch included
+        spec = [tf.TensorSpec((None, *np.shape(a)[1:]), tf.as_dtype(a.dtype)) for a in inputs]
+        fn = tf.function(step, input_signature=[spec, tf.TensorSpec((2,), tf.int32)], autograph=False)
     else:
-        data = strategy.experimental_distribute_dataset(data)
+        data = strategy.experimental_distribute_dataset(
+            steady(tf.data.Dataset.from_tensor_slices(tuple(inputs)).batch(batch_size)))
 
         def per_replica(x, seed):  # each replica draws its own rows
             return step(x, (seed[0] + tf.distribute.get_replica_context().replica_id_in_sync_group, seed[1]))

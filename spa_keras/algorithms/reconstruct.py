@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from ..data import array_batches, replica_slices, steady
 from ..graph import WEIGHT
 
 
@@ -63,8 +64,8 @@ def reestimate_batchnorm(model, inputs, batch_size: int):
         return
     sums = [[0.0, 0.0] for _ in bns]
     batches = 0
-    for x in tf.data.Dataset.from_tensor_slices(tuple(inputs)).batch(batch_size):
-        values = model.run(list(x), keep={bn.source for bn in bns}, training=True)
+    for x in array_batches(inputs, batch_size):  # not tf.data: see array_batches
+        values = model.run(x, keep={bn.source for bn in bns}, training=True)
         for bn, acc in zip(bns, sums):
             a = np.asarray(values[bn.source], np.float64)
             a = np.moveaxis(a, 1, -1) if bn.channels_first else a
@@ -132,8 +133,6 @@ def _train(trainer, inputs, epochs, batch_size, lr, penalty=None, decay=0.0, bar
            strategy=None):
     import keras
 
-    from ..data import replica_slices
-
     variables = _variables(trainer.student)
     replicas = 1 if strategy is None else strategy.num_replicas_in_sync
     with _scope(strategy):
@@ -160,7 +159,7 @@ def _train(trainer, inputs, epochs, batch_size, lr, penalty=None, decay=0.0, bar
             return strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None)
 
     k = 0
-    data = tf.data.Dataset.from_tensor_slices(tuple(inputs))
+    data = steady(tf.data.Dataset.from_tensor_slices(tuple(inputs)))  # see array_batches
     for epoch in range(epochs):
         losses = []
         batches = data.shuffle(n, seed=epoch).batch(batch_size)
