@@ -91,9 +91,9 @@ def array_batches(arrays, batch_size: int):
 
     The algorithms' fixed passes over their samples use this instead of a ``tf.data`` pipeline. On the
     2-core machine, iterating ``from_tensor_slices(x).batch(32)`` (512 images at 224×224, each batch
-    fed to a traced step that used both cores) stalled for 30 s at the end of the pass in 7 of 15 passes;
-    with NumPy slices it never did in 12, nor with tf.data's autotuning and injected prefetch off
-    (:func:`steady`) in 8 (``benchmarks/tfdata_stall.py`` and earlier probes). OBSPA's ResNet50 pass
+    fed to a traced step that used both cores) stalled for 30 s at the end of the pass in 7 of 21 passes;
+    with NumPy slices it never did in 14, nor with tf.data's autotuning and injected prefetch off
+    (:func:`steady`) in 14 (``benchmarks/tfdata_stall.py`` and earlier probes). OBSPA's ResNet50 pass
     took 82–94 s instead of 48–54 s when it stalled."""
     n = len(arrays[0])
     for i in range(0, n, batch_size):
