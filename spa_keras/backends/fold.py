@@ -40,14 +40,21 @@ def depthwise_grouped(layer) -> bool:
             and layer.kernel.shape[-2] == 1)
 
 
-def as_depthwise(layer):
-    """The ``DepthwiseConv`` layer computing what the depthwise-grouped ``layer`` computes (no weights)."""
+def _depthwise_config(layer):
+    """``(class, config)`` of the ``DepthwiseConv`` layer computing what the depthwise-grouped ``layer``
+    computes."""
     cfg = layer.get_config()
     renamed = {"kernel_initializer": "depthwise_initializer", "kernel_regularizer": "depthwise_regularizer",
                "kernel_constraint": "depthwise_constraint"}
     out = {renamed.get(k, k): v for k, v in cfg.items() if k not in ("filters", "groups", "lora_rank", "lora_alpha")}
     out["depth_multiplier"] = cfg["filters"] // cfg["groups"]
-    return (L.DepthwiseConv1D if isinstance(layer, L.Conv1D) else L.DepthwiseConv2D).from_config(out)
+    return (L.DepthwiseConv1D if isinstance(layer, L.Conv1D) else L.DepthwiseConv2D), out
+
+
+def as_depthwise(layer):
+    """The ``DepthwiseConv`` layer computing what the depthwise-grouped ``layer`` computes (no weights)."""
+    cls, cfg = _depthwise_config(layer)
+    return cls.from_config(cfg)
 
 
 def _last_axis_bn(layer, rank) -> bool:
@@ -126,11 +133,11 @@ class _Folder:
             if is_model(layer):
                 self.new_ops[id(layer)] = self.model(layer)
             else:
-                new = as_depthwise(layer) if self.depthwise and depthwise_grouped(layer) else None
-                cfg = (new or layer).get_config()
+                served = self.depthwise and depthwise_grouped(layer)
+                cls, cfg = _depthwise_config(layer) if served else (type(layer), layer.get_config())
                 if id(layer) in self.folded:
                     cfg["use_bias"] = True
-                self.new_ops[id(layer)] = type(new or layer).from_config(cfg)
+                self.new_ops[id(layer)] = cls.from_config(cfg)
         return self.new_ops[id(layer)]
 
     def model(self, model):
